@@ -1,0 +1,1 @@
+"""The client-facing API: etcd v3 gRPC services and the JSON gateway."""

@@ -1,0 +1,1 @@
+"""Checkers for linearizability, watch semantics and Raft invariants."""

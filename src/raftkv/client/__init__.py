@@ -1,0 +1,1 @@
+"""The Python client library and higher-level recipes built on it."""

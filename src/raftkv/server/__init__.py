@@ -1,0 +1,1 @@
+"""The server process; the only owner of the event loop (I/O, timers, Raft driving)."""

@@ -1,0 +1,1 @@
+"""Durable state: write-ahead log, snapshots, MVCC key-value store and leases."""

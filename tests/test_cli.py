@@ -1,0 +1,74 @@
+"""Tests for the `raftkv` command-line entry point."""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import pytest
+
+from raftkv.cli import main
+
+PENDING = ["serve", "up", "bench", "verify", "snapshot"]
+
+
+@pytest.mark.parametrize("command", PENDING)
+def test_pending_commands_say_not_yet_and_exit_2(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command]) == 2
+    captured = capsys.readouterr()
+    assert "not yet" in captured.err
+    assert f"raftkv {command}" in captured.err
+    assert captured.out == ""
+
+
+def test_up_returns_2_and_says_not_yet(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["up"]) == 2
+    assert "not yet" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main(["--help"])
+    assert exc_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in [*PENDING, "sim"]:
+        assert command in out
+
+
+def test_no_command_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main([])
+    assert exc_info.value.code == 2
+
+
+@pytest.mark.parametrize("nodes", ["0", "8", "x"])
+def test_sim_rejects_bad_node_counts(nodes: str) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main(["sim", "--nodes", nodes])
+    assert exc_info.value.code == 2
+
+
+def test_sim_forwards_options_to_vopr_run_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`raftkv sim` must call raftkv.sim.vopr.run_cli with exactly these keywords."""
+    calls: list[dict[str, Any]] = []
+
+    def fake_run_cli(**kwargs: Any) -> int:
+        calls.append(kwargs)
+        return 7
+
+    fake = types.ModuleType("raftkv.sim.vopr")
+    fake.run_cli = fake_run_cli  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "raftkv.sim.vopr", fake)
+
+    rc = main(
+        ["sim", "--seeds", "100", "--seed", "42", "--nodes", "5", "--ticks", "900", "--verbose"]
+    )
+    assert rc == 7
+    assert calls == [{"seeds": 100, "seed": 42, "nodes": 5, "ticks": 900, "verbose": True}]
+
+    calls.clear()
+    assert main(["sim"]) == 7
+    assert calls == [{"seeds": None, "seed": None, "nodes": None, "ticks": None, "verbose": False}]
