@@ -94,6 +94,7 @@ class Raft:
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = config.election_ticks
         self.lead_transferee: NodeId = NO_NODE
+        self.campaign_after_apply = False  # a TimeoutNow waits for pending conf changes
         self.pending_conf_index: Index = 0
         self.uncommitted_size_bytes = 0
         self._install_conf_state(conf_state)
@@ -213,6 +214,7 @@ class Raft:
             self.config.election_ticks
         )
         self.lead_transferee = NO_NODE
+        self.campaign_after_apply = False
         self.tracker.reset_votes()
         # Entries below the unstable offset are durable here (and agree with
         # the log); the leader counts only those for itself.
@@ -290,12 +292,21 @@ class Raft:
     def maybe_commit(self) -> bool:
         return self.log.maybe_commit(self.tracker.committed(), self.term)
 
+    def on_applied(self, index: Index) -> None:
+        self.log.applied_to(index)
+        if self.campaign_after_apply and not self.has_unapplied_conf_change():
+            self.campaign_after_apply = False
+            self.hup(transfer=True)
+
     def on_persisted(self, index: Index, term: Term) -> None:
         """Entries up to (index, term) are durable here: the leader counts itself now."""
         self.log.stable_to(index, term)
         if self.state is not StateType.LEADER or not self.log.match_term(index, term):
             return
-        if self.tracker.progress[self.id].maybe_update(index) and self.maybe_commit():
+        progress = self.tracker.progress.get(self.id)
+        if progress is None:
+            return  # a leader removed from the configuration does not count itself
+        if progress.maybe_update(index) and self.maybe_commit():
             self.after_commit_advanced()
 
     def after_commit_advanced(self) -> None:
@@ -328,6 +339,8 @@ class Raft:
                 self.lead_transferee = NO_NODE  # the transfer took too long; resume
         if self.state is not StateType.LEADER:
             return
+        if self.id not in self.tracker.voters:
+            self.transfer_after_removal()  # retry until some voter takes over
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks:
             self.heartbeat_elapsed = 0
             self.step(Message(M.BEAT, frm=self.id))
@@ -390,7 +403,10 @@ class Raft:
         if self.state is StateType.LEADER or not self.promotable():
             return
         if self.has_unapplied_conf_change():
-            return  # our configuration may be about to change; apply first
+            # Our configuration may be about to change; apply it first. A
+            # transfer request is honoured once the change is applied.
+            self.campaign_after_apply = transfer
+            return
         if self.config.pre_vote and not transfer:
             self.campaign(M.PRE_VOTE, transfer=False)
         else:
@@ -657,6 +673,10 @@ class Raft:
             return
         if self.lead_transferee == transferee:
             return  # already in progress
+        self.start_transfer(transferee)
+
+    def start_transfer(self, transferee: NodeId) -> None:
+        progress = self.tracker.progress[transferee]
         # The transfer must finish within one election timeout.
         self.election_elapsed = 0
         self.lead_transferee = transferee
@@ -705,7 +725,9 @@ class Raft:
             self.handle_snapshot(m)
         elif m.type is M.TRANSFER_LEADER:
             if self.lead != NO_NODE:
-                self.send(Message(M.TRANSFER_LEADER, to=self.lead, frm=m.frm))
+                # Forwarded unchanged: `frm` names the transferee, not this node,
+                # so it bypasses send()'s frm == self.id check.
+                self.msgs.append(Message(M.TRANSFER_LEADER, to=self.lead, frm=m.frm))
         elif m.type is M.TIMEOUT_NOW:
             self.hup(transfer=True)
         elif m.type is M.READ_INDEX:
@@ -790,8 +812,12 @@ class Raft:
         if self.state is not StateType.LEADER:
             return conf_state
         if self.id not in conf_state.voters:
-            # Removed or demoted: stop leading; the remaining voters elect.
-            self.become_follower(self.term, NO_NODE)
+            # Removed or demoted. Stepping down at once could strand a voter
+            # that has not yet learned this change is committed: its old
+            # configuration still needs our vote, which our longer log denies.
+            # So keep leading (our own ack no longer counts), freeze the log,
+            # and hand leadership to the most caught-up voter.
+            self.transfer_after_removal()
             return conf_state
         if self.lead_transferee != NO_NODE and self.lead_transferee not in conf_state.voters:
             self.lead_transferee = NO_NODE
@@ -800,6 +826,15 @@ class Raft:
         else:
             self.bcast_append()  # new members learn about the log at once
         return conf_state
+
+    def transfer_after_removal(self) -> None:
+        if self.lead_transferee != NO_NODE:
+            return
+        voters = [node for node in sorted(self.tracker.voters) if node != self.id]
+        if not voters:
+            return
+        best = max(voters, key=lambda node: self.tracker.progress[node].match)
+        self.start_transfer(best)
 
     # -- Local-origin requests ---------------------------------------------------
 

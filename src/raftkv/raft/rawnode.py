@@ -210,8 +210,8 @@ class RawNode:
             last = ready.entries[-1]
             raft.on_persisted(last.index, last.term)
         if ready.committed_entries:
-            raft.log.applied_to(ready.committed_entries[-1].index)
             raft.reduce_uncommitted_size(ready.committed_entries)
+            raft.on_applied(ready.committed_entries[-1].index)
 
     # -- Inspection -------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Deterministic simulator: a Raft cluster in one thread on simulated time, with seeded faults."""
