@@ -105,11 +105,12 @@ class Raft:
         self.become_follower(self.term, NO_NODE)
 
     def _load_hard_state(self, hard_state: HardState) -> None:
-        committed = hard_state.commit
+        # A crash between persisting a snapshot and the hard state leaves the
+        # durable commit below the snapshot; the snapshot itself proves its
+        # index committed, so the larger of the two stands.
+        committed = max(hard_state.commit, self.log.committed)
         last = self.log.last_index()
-        assert self.log.committed <= committed <= last, (
-            f"hard state commit {committed} out of range [{self.log.committed}, {last}]"
-        )
+        assert committed <= last, f"hard state commit {committed} beyond last index {last}"
         self.log.committed = committed
         self.term = hard_state.term
         self.vote = hard_state.vote
@@ -388,13 +389,14 @@ class Raft:
             lead = m.frm if m.type in (M.APP, M.HEARTBEAT, M.SNAP) else NO_NODE
             self.become_follower(m.term, lead)
             return True
-        # m.term < self.term: a stale sender.
-        if m.type in (M.APP, M.HEARTBEAT) and (self.config.check_quorum or self.config.pre_vote):
-            # Tell a stale leader about the newer term so it steps down; with
-            # pre-vote it would otherwise never learn of it.
+        # m.term < self.term: a stale sender. Answer with our term (Raft §5.1)
+        # so it catches up: a stale leader steps down, a stale candidate stops
+        # campaigning in a dead term. Without this a learner, which never
+        # campaigns, could wait forever for a leader of its own term.
+        if m.type in (M.APP, M.HEARTBEAT):
             self.send(self._message(M.APP_RESP, m.frm))
-        elif m.type is M.PRE_VOTE:
-            self.send(self._message(M.PRE_VOTE_RESP, m.frm, reject=True))
+        elif m.type is M.PRE_VOTE or m.type is M.VOTE:
+            self.send(self._message(vote_response_type(m.type), m.frm, reject=True))
         return False
 
     # -- Elections -----------------------------------------------------------

@@ -216,6 +216,8 @@ class SimCluster:
         self.maybe_partition()
         if self.rng.random() < self.options.crash_probability:
             self.crash_one()
+        if self.rng.random() < self.options.leader_fault_probability:
+            self.fault_leader()
         if self.rng.random() < self.options.conf_change_probability:
             self.change_membership()
         if self.rng.random() < self.options.transfer_probability:
@@ -249,6 +251,23 @@ class SimCluster:
         else:
             node.crash()
             self.trace(f"node {node.id} crashed")
+
+    def fault_leader(self) -> None:
+        """Churn: take the leader away soon after it was elected or appended."""
+        leader = self.leader()
+        if leader is None:
+            return
+        if self.heal_at_tick is None and self.rng.random() < 0.5:
+            others = set(self.nodes) - {leader.id}
+            self.network.partition({leader.id}, others, one_way=False)
+            self.heal_at_tick = self.tick + self.rng.randint(1, self.options.election_ticks * 2)
+            self.stats.partitions += 1
+            self.trace(f"partition isolate-leader: [{leader.id}] | {sorted(others)}")
+            return
+        self.stats.crashes += 1
+        leader.armed_crash = self.rng.choice(list(CrashPoint))
+        leader.restart_at_tick = self.tick + self.rng.randint(1, self.options.election_ticks)
+        self.trace(f"leader {leader.id} will crash at {leader.armed_crash.value}")
 
     def maybe_partition(self) -> None:
         if self.heal_at_tick is not None:

@@ -41,6 +41,7 @@ class SimOptions:
     crash_probability: float
     crash_mid_ready_probability: float
     restart_ticks_max: int
+    leader_fault_probability: float  # crash or isolate the current leader (churn)
     conf_change_probability: float
     transfer_probability: float
     # Clocks: each node ticks every STEPS_PER_TICK +/- drift steps.
@@ -84,6 +85,7 @@ class SimOptions:
             crash_probability=rng.choice([0.0, 0.002, 0.01, 0.03]),
             crash_mid_ready_probability=rng.choice([0.0, 0.5, 0.9]),
             restart_ticks_max=rng.randint(1, 60),
+            leader_fault_probability=rng.choice([0.0, 0.0, 0.02, 0.05, 0.1]),
             conf_change_probability=rng.choice([0.0, 0.0, 0.01, 0.03]),
             transfer_probability=rng.choice([0.0, 0.002, 0.01]),
             clock_drift_steps_max=rng.choice([0, 1, 3]),
@@ -101,6 +103,7 @@ class SimOptions:
             f"drop={self.drop_probability} dup={self.duplicate_probability} "
             f"delay={self.delay_min_steps}..{self.delay_max_steps} "
             f"partition={self.partition_probability} crash={self.crash_probability} "
+            f"leader_fault={self.leader_fault_probability} "
             f"conf_change={self.conf_change_probability} transfer={self.transfer_probability} "
             f"compact={self.compact_threshold_entries} inflight={self.max_inflight_msgs}"
         )
