@@ -60,6 +60,8 @@ class RaftLog:
             return 0
 
     def match_term(self, index: Index, term: Term) -> bool:
+        if index > self.last_index():
+            return False  # the common case on a follower: a new entry; no exception
         try:
             return self.term(index) == term
         except (CompactedError, UnavailableError):

@@ -276,11 +276,10 @@ class Raft:
         ):
             return False
         self.uncommitted_size_bytes += size_bytes
-        first = self.log.last_index() + 1
         term = self.term
         stamped = [
-            Entry(term=term, index=first + offset, type=entry.type, data=entry.data)
-            for offset, entry in enumerate(entries)
+            Entry(term, index, entry.type, entry.data)
+            for index, entry in enumerate(entries, self.log.last_index() + 1)
         ]
         self.log.append(stamped)
         return True
@@ -407,7 +406,7 @@ class Raft:
         if self.has_unapplied_conf_change():
             # Our configuration may be about to change; apply it first. A
             # transfer request is honoured once the change is applied.
-            self.campaign_after_apply = transfer
+            self.campaign_after_apply = self.campaign_after_apply or transfer
             return
         if self.config.pre_vote and not transfer:
             self.campaign(M.PRE_VOTE, transfer=False)

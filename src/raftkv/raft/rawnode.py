@@ -66,7 +66,7 @@ class Ready:
 
     @property
     def must_sync(self) -> bool:
-        """Whether persisting this Ready needs an fsync (entries or term/vote changed)."""
+        """Whether persisting this Ready needs an fsync: new entries, a snapshot, or hard state."""
         return bool(self.entries) or self.hard_state is not None or self.snapshot is not None
 
 
@@ -111,7 +111,8 @@ class RawNode:
                 f"{len(payloads)} entries exceed the per-proposal limit "
                 f"{limits.RAFT_MAX_ENTRIES_PER_PROPOSAL}"
             )
-        entries = tuple(Entry(term=0, index=0, data=payload) for payload in payloads)
+        normal = EntryType.NORMAL
+        entries = tuple([Entry(0, 0, normal, payload) for payload in payloads])
         self.raft.step(Message(MessageType.PROP, frm=self.raft.id, entries=entries))
 
     def propose_conf_change(self, change: ConfChange) -> None:
