@@ -60,3 +60,24 @@ assert RAFT_MAX_UNCOMMITTED_ENTRIES_BYTES >= RAFT_MAX_SIZE_PER_MSG_BYTES
 assert RAFT_MAX_COMMITTED_SIZE_PER_READY_BYTES >= RAFT_MAX_SIZE_PER_MSG_BYTES
 assert RAFT_ENTRY_OVERHEAD_BYTES > 0
 assert SIM_MAX_NODES >= 1
+
+# --- Storage ----------------------------------------------------------------
+
+# LMDB's address-space reservation; the quota below is what is enforced.
+BACKEND_MAP_SIZE_BYTES = 64 * 1024 * MIB
+# etcd's --quota-backend-bytes default (2 GiB).
+BACKEND_QUOTA_BYTES_DEFAULT = 2 * 1024 * MIB
+# etcd's MaxTxnOps default.
+MVCC_MAX_TXN_OPS = 128
+# etcd's --max-request-bytes default (1.5 MiB).
+MAX_REQUEST_BYTES = 3 * MIB // 2
+# WAL segments are cut at this size (etcd: 64 MB).
+WAL_SEGMENT_BYTES = 64 * 1000 * 1000
+# A single WAL record (one entry, hard state, snapshot marker) is at most this.
+WAL_MAX_RECORD_BYTES = MAX_REQUEST_BYTES + 64 * KIB
+# Snapshot images stream to followers in chunks of this size.
+SNAPSHOT_CHUNK_BYTES = 1 * MIB
+
+assert BACKEND_QUOTA_BYTES_DEFAULT < BACKEND_MAP_SIZE_BYTES
+assert WAL_MAX_RECORD_BYTES < WAL_SEGMENT_BYTES
+assert MVCC_MAX_TXN_OPS >= 1
