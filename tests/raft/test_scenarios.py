@@ -937,3 +937,36 @@ def test_pending_read_index_requests_are_bounded() -> None:
     net.heal()
     net.tick(1)
     assert [s.context for s in net.node(1).read_states] == [b"r1", b"r2"]
+
+
+def test_stale_voter_learns_commit_from_vote_rejection() -> None:
+    """A demoted leader whose log is longer must not hold a stale voter hostage.
+
+    Node 1 leads {1, 2} and demotes itself; the change commits, but node 2 never hears
+    so, and node 1 also holds an entry node 2 lacks. Node 2's configuration still
+    needs node 1's vote, which node 1 refuses (its log is longer). The refusal carries
+    node 1's commit index and term; node 2 holds that entry, commits and applies the
+    change, and then wins alone in the new configuration {2}.
+    """
+    net = elected_cluster(2)
+    net.propose_conf_change(1, add_learner(1))
+    demotion_index = net.raft(1).log.last_index()
+    net.propose(1, b"only-on-1")
+
+    def withhold_from_2(m: Message) -> bool:
+        if m.frm != 1 or m.to != 2:
+            return False
+        late_entries = any(entry.index > demotion_index for entry in m.entries)
+        return late_entries or m.commit >= demotion_index or m.type is M.TIMEOUT_NOW
+
+    net.add_filter(withhold_from_2)
+    net.stabilize()
+    assert 1 not in net.raft(1).tracker.voters  # node 1 applied its demotion
+    assert net.commit(2) < demotion_index  # node 2 never learned it committed
+    assert net.raft(2).tracker.voters == frozenset({1, 2})
+    net.drop(frm=2, to=1)
+    net.tick_all(3 * ELECTION)  # check-quorum: node 1 stops leading
+    assert net.state(1) is not LEADER
+    net.heal()
+    net.tick_until(lambda: net.state(2) is LEADER, limit=10 * ELECTION)
+    assert net.raft(2).tracker.voters == frozenset({2})

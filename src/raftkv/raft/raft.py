@@ -359,6 +359,8 @@ class Raft:
     def step(self, m: Message) -> None:
         if not self.step_term(m):
             return
+        if m.reject and (m.type is M.VOTE_RESP or m.type is M.PRE_VOTE_RESP):
+            self.learn_commit_from_rejection(m)  # safe in every role
         if m.type is M.HUP:
             self.hup(transfer=False)
         elif m.type is M.VOTE or m.type is M.PRE_VOTE:
@@ -395,7 +397,7 @@ class Raft:
         if m.type in (M.APP, M.HEARTBEAT):
             self.send(self._message(M.APP_RESP, m.frm))
         elif m.type is M.PRE_VOTE or m.type is M.VOTE:
-            self.send(self._message(vote_response_type(m.type), m.frm, reject=True))
+            self.reject_vote(m)
         return False
 
     # -- Elections -----------------------------------------------------------
@@ -478,7 +480,28 @@ class Raft:
                 self.election_elapsed = 0
                 self.vote = m.frm
         else:
-            self.send(self._message(response_type, m.frm, reject=True))
+            self.reject_vote(m)
+
+    def reject_vote(self, m: Message) -> None:
+        # The rejection carries our commit index and its term. A candidate
+        # whose log holds the same entry may commit up to it (log matching
+        # makes its prefix identical to our committed one). Without this, a
+        # voter that never learned that its configuration changed could wait
+        # forever for the vote of a node that has left the voter set.
+        committed = self.log.committed
+        self.send(
+            self._message(
+                vote_response_type(m.type),
+                m.frm,
+                reject=True,
+                commit=committed,
+                log_term=self.log.term_or_zero(committed),
+            )
+        )
+
+    def learn_commit_from_rejection(self, m: Message) -> None:
+        if m.commit > self.log.committed and self.log.match_term(m.commit, m.log_term):
+            self.log.commit_to(m.commit)
 
     # -- Leader ---------------------------------------------------------------
 
