@@ -81,3 +81,70 @@ SNAPSHOT_CHUNK_BYTES = 1 * MIB
 assert BACKEND_QUOTA_BYTES_DEFAULT < BACKEND_MAP_SIZE_BYTES
 assert WAL_MAX_RECORD_BYTES < WAL_SEGMENT_BYTES
 assert MVCC_MAX_TXN_OPS >= 1
+
+# --- WAL and snapshot files (storage/wal/, storage/snap/) --------------------
+
+# The WAL record header stores the payload length in 32 bits.
+assert WAL_MAX_RECORD_BYTES < 2**32
+# One entry is one record, so a request that fits the request limit fits a record.
+assert WAL_MAX_RECORD_BYTES > MAX_REQUEST_BYTES + RAFT_ENTRY_OVERHEAD_BYTES
+# A snapshot file or stream holds at most this many voters plus learners.
+SNAPSHOT_MAX_CONF_NODES = 1024
+# A snapshot image is at most the whole backend, plus room for its framing; a
+# received stream that announces or delivers more is rejected.
+SNAPSHOT_MAX_BYTES = BACKEND_MAP_SIZE_BYTES + 1 * MIB
+# Snapshot files kept on disk by purge (etcd's --max-snapshots default).
+SNAPSHOT_KEEP_FILES = 5
+
+assert SIM_MAX_NODES <= SNAPSHOT_MAX_CONF_NODES
+assert BACKEND_QUOTA_BYTES_DEFAULT < SNAPSHOT_MAX_BYTES
+assert SNAPSHOT_CHUNK_BYTES <= SNAPSHOT_MAX_BYTES
+assert SNAPSHOT_KEEP_FILES >= 1
+
+# --- Leases (etcd server/lease/lessor.go) and quota (server/storage/quota.go) -------------
+
+# etcd's MaxLeaseTTL: a grant asking for more fails with "too large lease TTL".
+LEASE_MAX_TTL_SECONDS = 9_000_000_000
+# The primary hands out at most this many expired leases per second for revocation
+# (etcd's leaseRevokeRate), and at most this many per call of Lessor.expired().
+LEASE_REVOKE_PER_SECOND = 1000
+LEASE_EXPIRED_PER_CALL_MAX = LEASE_REVOKE_PER_SECOND
+# Revocations of expired leases proposed but not yet applied (etcd's expiredC buffer).
+LEASE_MAX_PENDING_REVOKES = 16
+# An expired lease whose revocation has not been applied is handed out again after
+# this long: the proposal may have been lost (etcd's expiredLeaseRetryInterval).
+LEASE_EXPIRED_RETRY_SECONDS = 3
+# The primary records each long lease's remaining TTL through Raft this often, so a
+# leader change does not restart the lease at its full TTL (etcd: 5 minutes).
+LEASE_CHECKPOINT_INTERVAL_SECONDS = 5 * 60
+# At most this many checkpoints per call of Lessor.checkpoints(), i.e. per proposal
+# (etcd's maxLeaseCheckpointBatchSize and leaseCheckpointRate).
+LEASE_CHECKPOINT_BATCH_MAX = 1000
+# Lease ids are random positive int64 values; a collision with an existing lease
+# (odds about n / 2**63) is retried at most this many times.
+LEASE_ID_ATTEMPTS_MAX = 64
+# Cost estimates the quota adds to a request's raw bytes (etcd's kvOverhead and
+# leaseOverhead): a put costs KV overhead + key + value, a lease grant the lease overhead.
+QUOTA_KV_OVERHEAD_BYTES = 256
+QUOTA_LEASE_OVERHEAD_BYTES = 64
+
+assert 0 < LEASE_EXPIRED_PER_CALL_MAX <= LEASE_REVOKE_PER_SECOND
+assert LEASE_MAX_PENDING_REVOKES >= 1
+assert LEASE_EXPIRED_RETRY_SECONDS >= 1
+assert LEASE_CHECKPOINT_INTERVAL_SECONDS > LEASE_EXPIRED_RETRY_SECONDS
+assert LEASE_CHECKPOINT_BATCH_MAX >= 1
+assert LEASE_ID_ATTEMPTS_MAX >= 1
+assert QUOTA_KV_OVERHEAD_BYTES + QUOTA_LEASE_OVERHEAD_BYTES < BACKEND_QUOTA_BYTES_DEFAULT
+
+# --- MVCC (storage/mvcc/) ---------------------------------------------------
+
+# A revision is packed into one int as main << SUB_BITS | sub, and stored as 8
+# big-endian bytes, so one main revision (one request) may make at most
+# 2**20 changes (a delete range of more keys is refused before it writes), and
+# main revisions fit in 64 - 20 = 44 bits (17 trillion requests).
+MVCC_REVISION_SUB_BITS = 20
+MVCC_MAX_CHANGES_PER_REVISION = 1 << MVCC_REVISION_SUB_BITS
+MVCC_MAX_MAIN_REVISION = (1 << (64 - MVCC_REVISION_SUB_BITS)) - 1
+
+assert MVCC_MAX_CHANGES_PER_REVISION > MVCC_MAX_TXN_OPS
+assert MVCC_MAX_MAIN_REVISION >= 2**40

@@ -25,10 +25,11 @@ from raftkv.raft.messages import (
     NodeId,
 )
 from raftkv.raft.raft import StateType
-from raftkv.raft.storage import MemoryStorage, bootstrap_storage
+from raftkv.sim.disk import SimDisk
 from raftkv.sim.network import SimNetwork
-from raftkv.sim.node import CrashPoint, SimNode
+from raftkv.sim.node import NODE_DIRECTORY, CrashPoint, SimNode
 from raftkv.sim.options import STEPS_PER_TICK, SimOptions
+from raftkv.storage.raft_storage import RaftPersistence
 
 
 class LivenessFailure(Exception):
@@ -100,9 +101,10 @@ class SimCluster:
         self.checker = RaftInvariantChecker()
         voters = frozenset(range(1, self.options.node_count + 1))
         for node_id in sorted(voters):
-            storage = MemoryStorage()
-            bootstrap_storage(storage, ConfState(voters=voters), data=b"{}")
-            self.add_node(node_id, storage)
+            disk = SimDisk()
+            conf_state = ConfState(voters=voters)
+            persistence = RaftPersistence.bootstrap(disk, NODE_DIRECTORY, conf_state, data=b"{}")
+            self.add_node(node_id, disk, persistence)
 
     # -- Plumbing -----------------------------------------------------------------
 
@@ -116,14 +118,15 @@ class SimCluster:
         if self.verbose:
             print(line)
 
-    def add_node(self, node_id: NodeId, storage: MemoryStorage) -> SimNode:
+    def add_node(self, node_id: NodeId, disk: SimDisk, persistence: RaftPersistence) -> SimNode:
         assert node_id not in self.nodes
         node = SimNode(
             node_id,
             self.options,
             random.Random(self.rng.getrandbits(64)),
             self.checker,
-            storage,
+            disk,
+            persistence,
             self.send,
             self.on_apply,
             self.trace,
@@ -320,7 +323,8 @@ class SimCluster:
             return
         change = self.rng.choice(choices)
         if change.node_id not in self.nodes:
-            self.add_node(change.node_id, MemoryStorage())  # joins empty; gets a snapshot
+            disk = SimDisk()  # joins empty and learns everything from a snapshot
+            self.add_node(change.node_id, disk, RaftPersistence.create_empty(disk, NODE_DIRECTORY))
         try:
             leader.rawnode.propose_conf_change(change)
             self.trace(f"propose {change.describe()} via {leader.id}")

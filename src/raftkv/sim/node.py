@@ -31,13 +31,17 @@ from raftkv.raft.messages import (
 from raftkv.raft.raft import StateType
 from raftkv.raft.rawnode import RawNode, Ready
 from raftkv.raft.storage import MemoryStorage
+from raftkv.sim.disk import SimDisk
 from raftkv.sim.options import SimOptions
+from raftkv.storage.raft_storage import RaftPersistence
+
+NODE_DIRECTORY = "/node"
 
 
 class CrashPoint(enum.Enum):
-    BEFORE_PERSIST = "before-persist"
-    TORN_PERSIST = "torn-persist"
-    AFTER_PERSIST = "after-persist"
+    BEFORE_PERSIST = "before-persist"  # nothing of the Ready was written
+    BEFORE_SYNC = "before-sync"  # written, not synced: SimDisk loses or tears it
+    AFTER_PERSIST = "after-persist"  # durable, but not applied or acknowledged
     AFTER_APPLY = "after-apply"
 
 
@@ -54,7 +58,8 @@ class SimNode:
         options: SimOptions,
         rng: random.Random,
         checker: RaftInvariantChecker,
-        storage: MemoryStorage,
+        disk: SimDisk,
+        persistence: RaftPersistence,
         send: Callable[[Message], None],
         on_apply: Callable[[SimNode, Entry], None],
         trace: Callable[[str], None],
@@ -63,7 +68,8 @@ class SimNode:
         self.options = options
         self.rng = rng
         self.checker = checker
-        self.storage = storage
+        self.disk = disk
+        self.persistence: RaftPersistence | None = persistence
         self.send = send
         self.on_apply = on_apply
         self.trace = trace
@@ -87,7 +93,16 @@ class SimNode:
     def alive(self) -> bool:
         return self.rawnode is not None
 
+    @property
+    def storage(self) -> MemoryStorage:
+        assert self.persistence is not None, f"node {self.id} is down"
+        return self.persistence.storage
+
     def start(self) -> None:
+        if self.persistence is None:
+            # Recover from what survived on the simulated disk, through the real WAL.
+            self.persistence = RaftPersistence.open(self.disk, NODE_DIRECTORY)
+            self.check_recovered_log()
         snapshot = self.storage.snapshot()
         self.restore_state_machine(snapshot)
         config = RaftConfig(
@@ -106,8 +121,19 @@ class SimNode:
         self.rawnode = RawNode(config, self.storage)
         self.checker.on_restart(self.id, self.storage.hard_state.commit)
 
+    def check_recovered_log(self) -> None:
+        """Everything the WAL recovered must agree with what the cluster ever persisted."""
+        storage = self.storage
+        low, high = storage.first_index(), storage.last_index()
+        if high < low:
+            return
+        entries = storage.entries(low, high + 1, 1 << 62)
+        self.checker.on_persist(self.id, entries, [self.stored_term(e.index - 1) for e in entries])
+
     def crash(self) -> None:
-        """Lose everything that is not in storage."""
+        """Power loss: the disk keeps what was synced (and maybe a torn tail)."""
+        self.disk.crash(self.rng)
+        self.persistence = None
         self.rawnode = None
         self.kv = {}
         self.applied = 0
@@ -143,11 +169,10 @@ class SimNode:
             return
         if self.applied > self.storage.last_index():
             return
-        self.storage.create_snapshot(self.applied, self.conf_state, self.state_machine_image())
+        assert self.persistence is not None
         keep = self.rng.randint(0, self.options.compact_threshold_entries)
-        compact_index = self.applied - keep
-        if compact_index > self.storage.first_index() - 1:
-            self.storage.compact(compact_index)
+        image = self.state_machine_image()
+        self.persistence.compact(self.applied, self.conf_state, image, keep_entries=keep)
 
     # -- Ready processing -------------------------------------------------------
 
@@ -178,26 +203,32 @@ class SimNode:
         self.check_after_ready(rawnode)
 
     def persist(self, ready: Ready) -> bool:
-        """Write the Ready to storage; False if the node crashed mid-write."""
-        if ready.snapshot is not None:
-            self.storage.apply_snapshot(ready.snapshot)
-        entries = ready.entries
-        if self.armed_crash is CrashPoint.TORN_PERSIST:
-            kept = self.rng.randint(0, len(entries))
-            self.append_checked(entries[:kept])
-            self.crash()
+        """Write and sync the Ready; False if the node crashed before it was durable."""
+        assert self.persistence is not None
+        self.persistence.save(ready)
+        if self.armed_crash is CrashPoint.BEFORE_SYNC:
+            self.crash()  # the disk may keep a torn prefix of the unsynced write
             return False
-        self.append_checked(entries)
+        if ready.must_sync:
+            self.persistence.sync()
+        if ready.entries:
+            entries = ready.entries
+            previous_terms = [self.term_before(ready, e.index) for e in entries]
+            self.checker.on_persist(self.id, entries, previous_terms)
         if ready.hard_state is not None:
-            self.storage.set_hard_state(ready.hard_state)
             self.checker.on_persist_commit(self.id, ready.hard_state.commit)
+        self.persistence.apply_to_memory(ready)
         return True
 
-    def append_checked(self, entries: list[Entry]) -> None:
-        if not entries:
-            return
-        self.storage.append(entries)
-        self.checker.on_persist(self.id, entries, [self.stored_term(e.index - 1) for e in entries])
+    def term_before(self, ready: Ready, index: Index) -> Term | None:
+        """Term at index - 1 in the log as it will be once this Ready is applied."""
+        previous = index - 1
+        first_new = ready.entries[0].index
+        if previous >= first_new:
+            return ready.entries[previous - first_new].term
+        if ready.snapshot is not None and ready.snapshot.metadata.index == previous:
+            return ready.snapshot.metadata.term
+        return self.stored_term(previous)
 
     def stored_term(self, index: Index) -> Term | None:
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -43,11 +43,42 @@ class ConsistentIndex:
 
 
 class WriteBatch:
-    """One LMDB write transaction; commits everything in it atomically."""
+    """One LMDB write transaction; commits everything in it atomically.
+
+    Modules that keep in-memory state derived from the backend (the MVCC index)
+    change it while they write, and register ``on_commit``/``on_abort``
+    callbacks so they can keep it or roll it back once the transaction's fate is
+    known. Callbacks run after the LMDB commit or abort, in registration order,
+    and must not raise.
+    """
 
     def __init__(self, backend: Backend, txn: lmdb.Transaction) -> None:
         self.backend = backend
         self.txn = txn
+        # Set by fail(): the batch aborts at the end even if its body swallowed
+        # the error, because its writes may be half done.
+        self.failure: BaseException | None = None
+        self._commit_callbacks: list[Callable[[], None]] = []
+        self._abort_callbacks: list[Callable[[], None]] = []
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._commit_callbacks.append(callback)
+
+    def on_abort(self, callback: Callable[[], None]) -> None:
+        self._abort_callbacks.append(callback)
+
+    def fail(self, error: BaseException) -> None:
+        """Doom the batch: Backend.write aborts it and raises DiskError."""
+        if self.failure is None:
+            self.failure = error
+
+    def finish(self, committed: bool) -> None:
+        """Run the callbacks for how the transaction ended (Backend.write calls this)."""
+        callbacks = self._commit_callbacks if committed else self._abort_callbacks
+        self._commit_callbacks = []
+        self._abort_callbacks = []
+        for callback in callbacks:
+            callback()
 
     def put(self, db: bytes, key: bytes, value: bytes) -> None:
         self.txn.put(key, value, db=self.backend.db(db))
@@ -97,14 +128,30 @@ class Backend:
 
     @contextmanager
     def write(self) -> Iterator[WriteBatch]:
-        """A batch: every change in it commits together, or none does."""
+        """A batch: every change in it commits together, or none does.
+
+        After the commit the batch's on_commit callbacks run; if the body raises,
+        the batch was failed, or the commit fails, its on_abort callbacks run.
+        """
+        batch: WriteBatch | None = None
         try:
             with self.env.begin(write=True) as txn:
-                yield WriteBatch(self, txn)
-        except lmdb.MapFullError as error:
-            raise DiskError(f"backend {self.directory} is full: {error}") from error
-        except lmdb.Error as error:
-            raise DiskError(f"backend {self.directory} write failed: {error}") from error
+                batch = WriteBatch(self, txn)
+                yield batch
+                if batch.failure is not None:
+                    raise DiskError(
+                        f"backend {self.directory} batch failed: {batch.failure!r}"
+                    ) from batch.failure
+        except BaseException as error:
+            if batch is not None:
+                batch.finish(committed=False)
+            if isinstance(error, lmdb.MapFullError):
+                raise DiskError(f"backend {self.directory} is full: {error}") from error
+            if isinstance(error, lmdb.Error):
+                raise DiskError(f"backend {self.directory} write failed: {error}") from error
+            raise
+        assert batch is not None
+        batch.finish(committed=True)
 
     @contextmanager
     def read(self) -> Iterator[lmdb.Transaction]:

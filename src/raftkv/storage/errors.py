@@ -105,3 +105,11 @@ class LeaseTTLTooLargeError(RequestError):
 class RequestTooLargeError(RequestError):
     grpc_code = "INVALID_ARGUMENT"
     message = "etcdserver: request is too large"
+
+
+class TooManyChangesError(RequestError):
+    """raftkv only: a request would change more keys than one revision can hold
+    (limits.MVCC_MAX_CHANGES_PER_REVISION). etcd has no such bound."""
+
+    grpc_code = "INVALID_ARGUMENT"
+    message = "etcdserver: mvcc: too many keys changed in one revision"
