@@ -970,3 +970,21 @@ def test_stale_voter_learns_commit_from_vote_rejection() -> None:
     net.heal()
     net.tick_until(lambda: net.state(2) is LEADER, limit=10 * ELECTION)
     assert net.raft(2).tracker.voters == frozenset({2})
+
+
+def test_candidate_removed_mid_campaign_cannot_win() -> None:
+    """A candidate that applies its own removal abandons the campaign; late grants are void.
+
+    Found by the simulator (seed 10425): the removed candidate won on votes already in
+    flight and became a leader that was not in its own configuration.
+    """
+    net = elected_cluster(3, check_quorum=False, pre_vote=False)
+    raft = net.raft(3)
+    raft.become_follower(raft.term, 0)
+    raft.become_candidate()
+    raft.poll(3, M.VOTE_RESP, True)
+    raft.apply_conf_change(remove(3))
+    assert raft.state is StateType.FOLLOWER
+    for voter in (1, 2):
+        raft.step(Message(M.VOTE_RESP, to=3, frm=voter, term=raft.term))
+    assert raft.state is StateType.FOLLOWER

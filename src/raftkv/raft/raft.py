@@ -451,6 +451,7 @@ class Raft:
             )
 
     def on_election_won(self, vote_type: MessageType) -> None:
+        assert self.promotable(), "a node that cannot campaign won an election"
         if vote_type is M.PRE_VOTE:
             self.campaign(M.VOTE, transfer=False)
         else:
@@ -833,6 +834,10 @@ class Raft:
         """Install a committed conf change; the application calls this when applying it."""
         conf_state = confchange.apply_change(self.tracker.conf_state(), change)
         self._install_conf_state(conf_state)
+        if self.state in (StateType.CANDIDATE, StateType.PRE_CANDIDATE) and not self.promotable():
+            # Removed or demoted mid-campaign: votes still in flight must not
+            # make a non-voter leader (found by the simulator, seed 10425).
+            self.become_follower(self.term, NO_NODE)
         if self.state is not StateType.LEADER:
             return conf_state
         if self.id not in conf_state.voters:
