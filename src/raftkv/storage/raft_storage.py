@@ -58,7 +58,9 @@ class RaftPersistence:
     ) -> RaftPersistence:
         """A founding member of a new cluster: the first configuration in a snapshot at index 1."""
         persistence = cls._create(disk, directory, segment_bytes)
-        metadata = SnapshotMetadata(index=BOOTSTRAP_INDEX, term=BOOTSTRAP_TERM, conf_state=conf_state)
+        metadata = SnapshotMetadata(
+            index=BOOTSTRAP_INDEX, term=BOOTSTRAP_TERM, conf_state=conf_state
+        )
         snapshot = Snapshot(metadata=metadata, data=data)
         hard_state = HardState(term=BOOTSTRAP_TERM, commit=BOOTSTRAP_INDEX)
         persistence.snapshotter.save(snapshot)
