@@ -1,0 +1,224 @@
+"""The apply layer: committed Raft entries -> the replicated state machine.
+
+``Applier.apply(entries)`` applies every entry above the backend's consistent index in
+ONE backend batch (``Backend.write``) and then records the last entry's (index, term) as
+the consistent index in the same batch, so the state and the index commit together and a
+replay after a crash skips exactly what is already in the backend (docs/storage.md,
+"Apply").
+
+* Empty NORMAL entries (a new leader's) and CONF_CHANGE entries carry no request; they
+  only advance the consistent index (the caller applies conf changes to its RawNode).
+* A request refused by the store (etcd's errors: ``RequestError``) becomes its result;
+  the stores guarantee a refused request wrote nothing, so the batch goes on.
+* Anything else (``DiskError``, a bug) propagates and the batch aborts: the node must stop,
+  because the lessor's and alarms' in-memory state is not rolled back.
+
+Deterministic: the results depend only on the entries and the replicated state. The
+only per-member input, ``now_tick``, reaches the lessor's primary-only expiry state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raftkv import limits
+from raftkv.raft.messages import Entry, EntryType
+from raftkv.server.requests import (
+    AlarmAction,
+    AlarmRequest,
+    LeaseCheckpointRequest,
+    LeaseGrantRequest,
+    LeaseRevokeRequest,
+    Request,
+    decode,
+)
+from raftkv.storage.alarm import (
+    LEASE_GRANT_COST_BYTES,
+    AlarmMember,
+    AlarmStore,
+    QuotaGuard,
+    RequestKind,
+    put_cost_bytes,
+    txn_cost_bytes,
+)
+from raftkv.storage.backend import Backend, WriteBatch
+from raftkv.storage.errors import RequestError, TooManyChangesError
+from raftkv.storage.lease import Lessor
+from raftkv.storage.mvcc import (
+    CompactionRequest,
+    CompactionResponse,
+    DeleteRangeRequest,
+    DeleteRangeResponse,
+    KVStore,
+    PutRequest,
+    PutResponse,
+    RequestOp,
+    TxnRequest,
+    TxnResponse,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrantResponse:
+    id: int
+    ttl_seconds: int  # as granted: raised to the lessor's minimum TTL
+    revision: int  # the store's revision (etcd's header revision)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevokeResponse:
+    revision: int  # the revision that deleted the lease's keys (unchanged if it had none)
+    deleted_keys: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCheckpointResponse:
+    # Per checkpoint, whether its lease still existed (a revoked one is ignored).
+    applied: tuple[bool, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmResponse:
+    # The alarm raised or cleared; empty if nothing changed (NONE, or not raised).
+    alarms: tuple[AlarmMember, ...]
+
+
+Response = (
+    PutResponse
+    | DeleteRangeResponse
+    | TxnResponse
+    | CompactionResponse
+    | LeaseGrantResponse
+    | LeaseRevokeResponse
+    | LeaseCheckpointResponse
+    | AlarmResponse
+)
+Result = Response | RequestError
+"""What applying a request gave: its response, or the etcd error that refused it."""
+
+
+class Applier:
+    """Applies committed entries of one member to its backend, KV store, lessor and alarms.
+
+    ``kv`` must have been built with ``leases=lessor`` and a ``lease_checker`` that asks
+    the lessor, so puts attach keys and revokes find them.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        kv: KVStore,
+        lessor: Lessor,
+        alarms: AlarmStore,
+        member_id: int,
+        quota: QuotaGuard | None = None,
+    ) -> None:
+        self.backend = backend
+        self.kv = kv
+        self.lessor = lessor
+        self.alarms = alarms
+        self.member_id = member_id
+        # check_write reads only the replicated alarms, never the quota size.
+        self.quota = quota or QuotaGuard(
+            backend, min(kv.quota_bytes, backend.map_size_bytes), alarms
+        )
+        assert self.quota.alarms is alarms, "the guard must read this member's alarms"
+
+    def apply(self, entries: list[Entry], now_tick: int = 0) -> list[tuple[int, Result]]:
+        """Apply the entries above the consistent index, in one batch; (request id,
+        result) of each request applied, in log order. ``now_tick`` starts the expiry
+        of granted leases on the primary."""
+        applied = self.backend.consistent_index().index
+        fresh = [entry for entry in entries if entry.index > applied]
+        if not fresh:
+            return []
+        for before, after in zip(fresh, fresh[1:], strict=False):
+            assert after.index == before.index + 1, f"gap: {before.index} -> {after.index}"
+        assert fresh[0].index == applied + 1 or applied == 0, (
+            f"entry {fresh[0].index} after consistent index {applied}"
+        )
+        results: list[tuple[int, Result]] = []
+        with self.backend.write() as batch:
+            for entry in fresh:
+                if entry.type is not EntryType.NORMAL or not entry.data:
+                    continue
+                request_id, request = decode(entry.data)
+                results.append((request_id, self._apply_one(batch, request, now_tick)))
+            last = fresh[-1]
+            batch.set_consistent_index(last.index, last.term)
+        return results
+
+    def _apply_one(self, batch: WriteBatch, request: Request, now_tick: int) -> Result:
+        try:
+            return self._dispatch(batch, request, now_tick)
+        except RequestError as error:
+            assert batch.failure is None, f"a refused request wrote: {error!r}"
+            return error
+
+    def _dispatch(self, batch: WriteBatch, request: Request, now_tick: int) -> Response:
+        check = self.quota.check_write
+        match request:
+            case PutRequest():
+                check(RequestKind.PUT, put_cost_bytes(request.key, request.value))
+                return self.kv.put(batch, request)
+            case DeleteRangeRequest():
+                check(RequestKind.DELETE_RANGE, 0)
+                return self.kv.delete_range(batch, request)
+            case TxnRequest():
+                check(RequestKind.TXN, _txn_cost_bytes(request))
+                return self.kv.txn(batch, request)
+            case CompactionRequest():
+                check(RequestKind.COMPACTION, 0)
+                return self.kv.compact(batch, request.revision)
+            case LeaseGrantRequest():
+                check(RequestKind.LEASE_GRANT, LEASE_GRANT_COST_BYTES)
+                lease = self.lessor.grant(batch, request.id, request.ttl_seconds, now_tick)
+                return LeaseGrantResponse(lease.id, lease.ttl_seconds, self.kv.current_revision)
+            case LeaseRevokeRequest():
+                check(RequestKind.LEASE_REVOKE, 0)
+                return self._revoke(batch, request.id)
+            case LeaseCheckpointRequest():
+                check(RequestKind.LEASE_CHECKPOINT, 0)
+                applied = tuple(
+                    self.lessor.apply_checkpoint(batch, lease_id, max(remaining, 0))
+                    for lease_id, remaining in request.checkpoints
+                )
+                return LeaseCheckpointResponse(applied)
+            case AlarmRequest():
+                return self._alarm(batch, request)
+        raise AssertionError(f"unhandled request {request!r}")
+
+    def _revoke(self, batch: WriteBatch, lease_id: int) -> LeaseRevokeResponse:
+        # Every refusal comes before the first write: LeaseNotFoundError (a duplicate
+        # revoke) from the lessor, TooManyChangesError here rather than from delete_keys
+        # after the lease was already deleted.
+        lease = self.lessor.lookup(lease_id)
+        if lease is not None and len(lease.keys) >= limits.MVCC_MAX_CHANGES_PER_REVISION:
+            raise TooManyChangesError()
+        keys = self.lessor.revoke(batch, lease_id)
+        deleted = self.kv.delete_keys(batch, keys) if keys else 0
+        return LeaseRevokeResponse(self.kv.current_revision, deleted)
+
+    def _alarm(self, batch: WriteBatch, request: AlarmRequest) -> AlarmResponse:
+        if request.action is AlarmAction.ACTIVATE:
+            self.quota.check_write(RequestKind.ALARM_ACTIVATE, 0)
+            member = self.alarms.activate(batch, request.member_id, request.alarm)
+        else:
+            self.quota.check_write(RequestKind.ALARM_DEACTIVATE, 0)
+            member = self.alarms.deactivate(batch, request.member_id, request.alarm)
+        return AlarmResponse(() if member is None else (member,))
+
+
+def _txn_cost_bytes(request: TxnRequest) -> int:
+    """etcd's costTxn, counting the puts of nested txns too (stricter than etcd)."""
+    return txn_cost_bytes(_branch_costs(request.success), _branch_costs(request.failure))
+
+
+def _branch_costs(ops: tuple[RequestOp, ...]) -> list[int]:
+    costs: list[int] = []
+    for op in ops:
+        if isinstance(op, PutRequest):
+            costs.append(put_cost_bytes(op.key, op.value))
+        elif isinstance(op, TxnRequest):
+            costs.append(_txn_cost_bytes(op))
+    return costs

@@ -1,0 +1,409 @@
+"""The replicated requests and their binary codec (the data of NORMAL Raft entries).
+
+A proposal is ``encode(request_id, request)``; every member ``decode``\\ s the committed
+entry and applies it (``raftkv.server.apply``). The request id lets the proposer match
+the result of its own proposal; other members ignore it.
+
+Format (all integers are LEB128 varints; signed ones are zigzag-encoded first)::
+
+    entry    = version:u8 request_id:uvarint request
+    request  = tag:u8 body
+    bytes    = length:uvarint raw
+
+Bodies, by tag (``flags`` is one byte of booleans, bit 0 first):
+
+==========================  ===========================================================
+PUT (1)                     key value lease:svarint flags(prev_kv, ignore_value,
+                            ignore_lease)
+DELETE_RANGE (2)            key range_end flags(prev_kv)
+TXN (3)                     count compare*, count op*, count op* (success, failure)
+COMPACTION (4)              revision:svarint flags(physical)
+LEASE_GRANT (5)             id:svarint ttl_seconds:svarint
+LEASE_REVOKE (6)            id:svarint
+LEASE_CHECKPOINT (7)        count (id:svarint remaining_ttl_seconds:svarint)*
+ALARM (8)                   action:u8 member_id:uvarint alarm:u8
+RANGE (9)                   only as a txn op: key range_end limit revision sort_order:u8
+                            sort_target:u8 flags(serializable, keys_only, count_only)
+                            min_mod max_mod min_create max_create (svarints)
+==========================  ===========================================================
+
+A compare is ``result:u8 target:u8 key range_end version create_revision mod_revision
+value lease``; every operand is kept so a decoded request equals the encoded one.
+
+Deterministic (one encoding per request) and strict: decoding rejects an unknown version,
+tag or enum value, a truncated or over-long varint, trailing bytes, and txns nested deeper
+than ``MAX_TXN_DEPTH``, with ``RequestDecodeError``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TypeVar
+
+from raftkv import limits
+from raftkv.storage.alarm import AlarmType
+from raftkv.storage.errors import RequestTooLargeError
+from raftkv.storage.mvcc.txn import (
+    CompactionRequest,
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteRangeRequest,
+    PutRequest,
+    RangeRequest,
+    RequestOp,
+    SortOrder,
+    SortTarget,
+    TxnRequest,
+)
+
+VERSION = 1
+# A txn nests at most this deep; validate_txn's op budget already keeps real ones
+# shallower (a nested txn gets what its parent left of MVCC_MAX_TXN_OPS).
+MAX_TXN_DEPTH = limits.MVCC_MAX_TXN_OPS
+# A varint of a 64-bit value takes at most 10 bytes.
+_MAX_VARINT_BYTES = 10
+_UINT64_MAX = (1 << 64) - 1
+
+_E = TypeVar("_E", bound=enum.IntEnum)
+
+
+class RequestDecodeError(ValueError):
+    """The entry's data is not a request this version can read."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrantRequest:
+    """etcd's LeaseGrant; the server picks a non-zero ``id`` before proposing."""
+
+    id: int
+    ttl_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevokeRequest:
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseCheckpointRequest:
+    """The primary's checkpoints: (lease id, remaining TTL in seconds; 0 clears)."""
+
+    checkpoints: tuple[tuple[int, int], ...] = ()
+
+
+class AlarmAction(enum.IntEnum):
+    """etcd's AlarmRequest.AlarmAction (GET is served locally, never replicated)."""
+
+    ACTIVATE = 1
+    DEACTIVATE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRequest:
+    action: AlarmAction
+    member_id: int
+    alarm: AlarmType
+
+
+Request = (
+    PutRequest
+    | DeleteRangeRequest
+    | TxnRequest
+    | CompactionRequest
+    | LeaseGrantRequest
+    | LeaseRevokeRequest
+    | LeaseCheckpointRequest
+    | AlarmRequest
+)
+
+
+class _Tag(enum.IntEnum):
+    PUT = 1
+    DELETE_RANGE = 2
+    TXN = 3
+    COMPACTION = 4
+    LEASE_GRANT = 5
+    LEASE_REVOKE = 6
+    LEASE_CHECKPOINT = 7
+    ALARM = 8
+    RANGE = 9
+
+
+# --- Encoding ------------------------------------------------------------------------
+
+
+def encode(request_id: int, request: Request) -> bytes:
+    """The entry data for ``request``; RequestTooLargeError beyond MAX_REQUEST_BYTES."""
+    assert 0 <= request_id <= _UINT64_MAX, f"request id {request_id} is not a uint64"
+    out = bytearray([VERSION])
+    _put_uvarint(out, request_id)
+    _put_request(out, request)
+    if len(out) > limits.MAX_REQUEST_BYTES:
+        raise RequestTooLargeError()
+    return bytes(out)
+
+
+def _put_request(out: bytearray, request: Request) -> None:
+    match request:
+        case PutRequest() | DeleteRangeRequest() | TxnRequest():
+            _put_op(out, request, depth=0)
+        case CompactionRequest():
+            out.append(_Tag.COMPACTION)
+            _put_svarint(out, request.revision)
+            _put_flags(out, request.physical)
+        case LeaseGrantRequest():
+            out.append(_Tag.LEASE_GRANT)
+            _put_svarint(out, request.id)
+            _put_svarint(out, request.ttl_seconds)
+        case LeaseRevokeRequest():
+            out.append(_Tag.LEASE_REVOKE)
+            _put_svarint(out, request.id)
+        case LeaseCheckpointRequest():
+            out.append(_Tag.LEASE_CHECKPOINT)
+            _put_uvarint(out, len(request.checkpoints))
+            for lease_id, remaining in request.checkpoints:
+                _put_svarint(out, lease_id)
+                _put_svarint(out, remaining)
+        case AlarmRequest():
+            out.append(_Tag.ALARM)
+            out.append(int(request.action))
+            assert 0 <= request.member_id <= _UINT64_MAX
+            _put_uvarint(out, request.member_id)
+            out.append(int(request.alarm))
+        case _:
+            raise TypeError(f"not a replicated request: {request!r}")
+
+
+def _put_op(out: bytearray, op: RequestOp, depth: int) -> None:
+    match op:
+        case PutRequest():
+            out.append(_Tag.PUT)
+            _put_bytes(out, op.key)
+            _put_bytes(out, op.value)
+            _put_svarint(out, op.lease)
+            _put_flags(out, op.prev_kv, op.ignore_value, op.ignore_lease)
+        case DeleteRangeRequest():
+            out.append(_Tag.DELETE_RANGE)
+            _put_bytes(out, op.key)
+            _put_bytes(out, op.range_end)
+            _put_flags(out, op.prev_kv)
+        case RangeRequest():
+            out.append(_Tag.RANGE)
+            _put_bytes(out, op.key)
+            _put_bytes(out, op.range_end)
+            _put_svarint(out, op.limit)
+            _put_svarint(out, op.revision)
+            out.append(int(op.sort_order))
+            out.append(int(op.sort_target))
+            _put_flags(out, op.serializable, op.keys_only, op.count_only)
+            for value in (
+                op.min_mod_revision,
+                op.max_mod_revision,
+                op.min_create_revision,
+                op.max_create_revision,
+            ):
+                _put_svarint(out, value)
+        case TxnRequest():
+            if depth >= MAX_TXN_DEPTH:
+                raise RequestTooLargeError("etcdserver: txn nested too deep")
+            out.append(_Tag.TXN)
+            _put_uvarint(out, len(op.compare))
+            for compare in op.compare:
+                _put_compare(out, compare)
+            for branch in (op.success, op.failure):
+                _put_uvarint(out, len(branch))
+                for nested in branch:
+                    _put_op(out, nested, depth + 1)
+        case _:
+            raise TypeError(f"not a txn op: {op!r}")
+
+
+def _put_compare(out: bytearray, compare: Compare) -> None:
+    out.append(int(compare.result))
+    out.append(int(compare.target))
+    _put_bytes(out, compare.key)
+    _put_bytes(out, compare.range_end)
+    _put_svarint(out, compare.version)
+    _put_svarint(out, compare.create_revision)
+    _put_svarint(out, compare.mod_revision)
+    _put_bytes(out, compare.value)
+    _put_svarint(out, compare.lease)
+
+
+def _put_uvarint(out: bytearray, value: int) -> None:
+    assert 0 <= value <= _UINT64_MAX, f"{value} does not fit a uint64 varint"
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _put_svarint(out: bytearray, value: int) -> None:
+    assert -(1 << 63) <= value < (1 << 63), f"{value} is not an int64"
+    _put_uvarint(out, (value << 1) ^ (value >> 63))
+
+
+def _put_bytes(out: bytearray, value: bytes) -> None:
+    _put_uvarint(out, len(value))
+    out += value
+
+
+def _put_flags(out: bytearray, *flags: bool) -> None:
+    out.append(sum(1 << bit for bit, flag in enumerate(flags) if flag))
+
+
+# --- Decoding ------------------------------------------------------------------------
+
+
+def decode(data: bytes) -> tuple[int, Request]:
+    """(request id, request) of an entry's data; RequestDecodeError if malformed."""
+    reader = _Reader(data)
+    version = reader.byte()
+    if version != VERSION:
+        raise RequestDecodeError(f"request version {version}, expected {VERSION}")
+    request_id = reader.uvarint()
+    request = reader.request()
+    if not reader.at_end():
+        raise RequestDecodeError(f"{len(data) - reader.pos} trailing bytes")
+    return request_id, request
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def at_end(self) -> bool:
+        return self.pos == len(self.data)
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise RequestDecodeError("truncated request")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def uvarint(self) -> int:
+        value = 0
+        for shift in range(0, 7 * _MAX_VARINT_BYTES, 7):
+            byte = self.byte()
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if value > _UINT64_MAX or (byte == 0 and shift > 0):
+                    raise RequestDecodeError("non-canonical or oversized varint")
+                return value
+        raise RequestDecodeError("varint longer than 10 bytes")
+
+    def svarint(self) -> int:
+        raw = self.uvarint()
+        return (raw >> 1) ^ -(raw & 1)
+
+    def raw(self) -> bytes:
+        length = self.uvarint()
+        end = self.pos + length
+        if end > len(self.data):
+            raise RequestDecodeError("truncated bytes field")
+        value = bytes(self.data[self.pos : end])
+        self.pos = end
+        return value
+
+    def flags(self, count: int) -> list[bool]:
+        value = self.byte()
+        if value >> count:
+            raise RequestDecodeError(f"unknown flag bits {value:#x}")
+        return [bool(value >> bit & 1) for bit in range(count)]
+
+    def enum_byte(self, kind: type[_E]) -> _E:
+        value = self.byte()
+        try:
+            return kind(value)
+        except ValueError as error:
+            raise RequestDecodeError(f"{value} is not a {kind.__name__}") from error
+
+    def request(self) -> Request:
+        tag = self.enum_byte(_Tag)
+        match tag:
+            case _Tag.PUT | _Tag.DELETE_RANGE | _Tag.TXN:
+                op = self.op_body(tag, depth=0)
+                assert not isinstance(op, RangeRequest)
+                return op
+            case _Tag.COMPACTION:
+                revision = self.svarint()
+                (physical,) = self.flags(1)
+                return CompactionRequest(revision, physical)
+            case _Tag.LEASE_GRANT:
+                return LeaseGrantRequest(self.svarint(), self.svarint())
+            case _Tag.LEASE_REVOKE:
+                return LeaseRevokeRequest(self.svarint())
+            case _Tag.LEASE_CHECKPOINT:
+                count = self.uvarint()
+                points = [(self.svarint(), self.svarint()) for _ in self.bounded(count)]
+                return LeaseCheckpointRequest(tuple(points))
+            case _Tag.ALARM:
+                action = self.enum_byte(AlarmAction)
+                member_id = self.uvarint()
+                alarm = self.enum_byte(AlarmType)
+                return AlarmRequest(action, member_id, alarm)
+            case _Tag.RANGE:
+                raise RequestDecodeError("a range is replicated only inside a txn")
+        raise AssertionError(f"unhandled tag {tag!r}")
+
+    def bounded(self, count: int) -> range:
+        # Every item takes at least one byte: a larger count is malformed.
+        if count > len(self.data) - self.pos:
+            raise RequestDecodeError(f"count {count} exceeds the remaining bytes")
+        return range(count)
+
+    def op(self, depth: int) -> RequestOp:
+        return self.op_body(self.enum_byte(_Tag), depth)
+
+    def op_body(self, tag: _Tag, depth: int) -> RequestOp:
+        match tag:
+            case _Tag.PUT:
+                key, value, lease = self.raw(), self.raw(), self.svarint()
+                prev_kv, ignore_value, ignore_lease = self.flags(3)
+                return PutRequest(key, value, lease, prev_kv, ignore_value, ignore_lease)
+            case _Tag.DELETE_RANGE:
+                key, range_end = self.raw(), self.raw()
+                (prev_kv,) = self.flags(1)
+                return DeleteRangeRequest(key, range_end, prev_kv)
+            case _Tag.RANGE:
+                key, range_end = self.raw(), self.raw()
+                limit, revision = self.svarint(), self.svarint()
+                sort_order = self.enum_byte(SortOrder)
+                sort_target = self.enum_byte(SortTarget)
+                serializable, keys_only, count_only = self.flags(3)
+                bounds = [self.svarint() for _ in range(4)]
+                return RangeRequest(
+                    key,
+                    range_end,
+                    limit,
+                    revision,
+                    sort_order,
+                    sort_target,
+                    serializable,
+                    keys_only,
+                    count_only,
+                    *bounds,
+                )
+            case _Tag.TXN:
+                if depth >= MAX_TXN_DEPTH:
+                    raise RequestDecodeError("txn nested too deep")
+                compares = tuple(self.compare() for _ in self.bounded(self.uvarint()))
+                success = tuple(self.op(depth + 1) for _ in self.bounded(self.uvarint()))
+                failure = tuple(self.op(depth + 1) for _ in self.bounded(self.uvarint()))
+                return TxnRequest(compares, success, failure)
+        raise RequestDecodeError(f"{tag.name} is not a txn op")
+
+    def compare(self) -> Compare:
+        result = self.enum_byte(CompareResult)
+        target = self.enum_byte(CompareTarget)
+        key, range_end = self.raw(), self.raw()
+        version, create_revision, mod_revision = self.svarint(), self.svarint(), self.svarint()
+        value = self.raw()
+        lease = self.svarint()
+        return Compare(
+            result, target, key, range_end, version, create_revision, mod_revision, value, lease
+        )
