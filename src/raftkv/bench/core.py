@@ -26,10 +26,11 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from raftkv import limits
+from raftkv.bench.args import bounded_int
 from raftkv.raft import (
     ConfState,
     MemoryStorage,
@@ -62,20 +63,6 @@ MAX_RUNS = 100
 MAX_ELECTION_ROUNDS = 100
 # Ready rounds allowed without any node applying anything.
 MAX_IDLE_ROUNDS = 1_000
-
-
-def _bounded_int(name: str, lo: int, hi: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.replace("_", ""))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{name} must be in {lo}..{hi}, got {value}")
-        return value
-
-    parse.__name__ = name  # argparse names the type in its error messages
-    return parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,44 +234,44 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--entries",
-        type=_bounded_int("entries", 1, MAX_ENTRIES),
+        type=bounded_int("entries", 1, MAX_ENTRIES),
         default=DEFAULT_ENTRIES,
         help=f"entries to commit (default {DEFAULT_ENTRIES})",
     )
     parser.add_argument(
         "--batch",
-        type=_bounded_int("batch", 1, limits.RAFT_MAX_ENTRIES_PER_PROPOSAL),
+        type=bounded_int("batch", 1, limits.RAFT_MAX_ENTRIES_PER_PROPOSAL),
         default=DEFAULT_BATCH,
         help=f"entries per propose_batch call (default {DEFAULT_BATCH})",
     )
     parser.add_argument(
         "--payload-bytes",
-        type=_bounded_int("payload-bytes", 1, MAX_PAYLOAD_BYTES),
+        type=bounded_int("payload-bytes", 1, MAX_PAYLOAD_BYTES),
         default=DEFAULT_PAYLOAD_BYTES,
         help=f"bytes of data per entry (default {DEFAULT_PAYLOAD_BYTES})",
     )
     parser.add_argument(
         "--pipeline",
-        type=_bounded_int("pipeline", 1, MAX_PIPELINE),
+        type=bounded_int("pipeline", 1, MAX_PIPELINE),
         default=DEFAULT_PIPELINE,
         help=f"batches proposed and not yet applied on the leader (default {DEFAULT_PIPELINE})",
     )
     parser.add_argument(
         "--compact-every",
-        type=_bounded_int("compact-every", 1, MAX_ENTRIES),
+        type=bounded_int("compact-every", 1, MAX_ENTRIES),
         default=DEFAULT_COMPACT_EVERY,
         help=f"snapshot and compact storages every N applied entries "
         f"(default {DEFAULT_COMPACT_EVERY})",
     )
     parser.add_argument(
         "--catch-up-entries",
-        type=_bounded_int("catch-up-entries", 0, MAX_ENTRIES),
+        type=bounded_int("catch-up-entries", 0, MAX_ENTRIES),
         default=DEFAULT_CATCH_UP_ENTRIES,
         help=f"entries kept below applied at compaction (default {DEFAULT_CATCH_UP_ENTRIES})",
     )
     parser.add_argument(
         "--runs",
-        type=_bounded_int("runs", 1, MAX_RUNS),
+        type=bounded_int("runs", 1, MAX_RUNS),
         default=DEFAULT_RUNS,
         help=f"repeat on a fresh cluster and report the median (default {DEFAULT_RUNS})",
     )

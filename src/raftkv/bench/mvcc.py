@@ -32,9 +32,10 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from raftkv.bench.args import bounded_int
 from raftkv.storage.backend import Backend
 from raftkv.storage.mvcc import KVStore, PutRequest, RangeRequest
 
@@ -53,20 +54,6 @@ MAX_VALUE_BYTES = 1024 * 1024
 MAX_SAMPLES = 100_000_000
 # Keys are a big-endian counter, so the key size bounds how many there can be.
 MIN_KEY_BYTES = 4
-
-
-def _bounded_int(name: str, lo: int, hi: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.replace("_", ""))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{name} must be in {lo}..{hi}, got {value}")
-        return value
-
-    parse.__name__ = name  # argparse names the type in its error messages
-    return parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     def add(name: str, lo: int, hi: int, default: int, text: str) -> None:
         parser.add_argument(
             f"--{name}",
-            type=_bounded_int(name, lo, hi),
+            type=bounded_int(name, lo, hi),
             default=default,
             help=f"{text} (default {default})",
         )
