@@ -414,6 +414,16 @@ def test_wal_is_unusable_after_a_disk_error() -> None:
         wal.sync()
 
 
+def test_a_disk_error_is_logged_as_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    disk = SimDisk()
+    wal = WAL.create(disk, "/wal")
+    disk.inject_write_error = True
+    with caplog.at_level(logging.CRITICAL), pytest.raises(DiskError):
+        wal.save(HardState(term=1, commit=0), entries(1, 1))
+    fatal = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert fatal and "/wal" in fatal[0].getMessage() and "fatal" in fatal[0].getMessage()
+
+
 def test_entries_must_continue_the_log() -> None:
     wal = WAL.create(SimDisk(), "/wal")
     wal.save(None, entries(1, 3))

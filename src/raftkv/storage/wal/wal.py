@@ -257,6 +257,11 @@ class WAL:
         try:
             yield
         except DiskError as exc:
+            # Fatal: a failed write or fsync may have lost data the caller
+            # believes is durable, and a retried fsync can falsely succeed.
+            _log.critical(
+                "WAL %s: fatal disk error, refusing further writes: %s", self.directory, exc
+            )
             self._failure = str(exc)
             raise
 
