@@ -105,7 +105,6 @@ class KVStore:
         lease (attach/detach, as etcd's store tells its lessor), if given."""
         assert quota_bytes > 0
         self._backend = backend
-        self._db = backend.db(DB_KEY)
         self._lease_exists: LeaseChecker = lease_checker or _no_leases
         self._leases = leases
         self.quota_bytes = quota_bytes
@@ -135,7 +134,7 @@ class KVStore:
         with self._backend.read() as txn:
             current = _read_revision(txn, self._backend, META_CURRENT_REVISION, INITIAL_REVISION)
             compacted = _read_revision(txn, self._backend, META_COMPACTED_REVISION, NOT_COMPACTED)
-            with txn.cursor(db=self._db) as cursor:
+            with txn.cursor(db=self._backend.db(DB_KEY)) as cursor:
                 index.restore(_stored_records(cursor))
                 last_key = bytes(cursor.key()) if cursor.last() else None
         last_main = 0 if last_key is None else main_of(parse_revision_key(last_key)[0])
@@ -245,7 +244,9 @@ class KVStore:
             revision = self._current
         with self._read_view() as view:
             keep = self._index.keep(revision)
-            return kv_hash.hash_kv(view.txn, self._db, self._compacted, revision, keep)
+            return kv_hash.hash_kv(
+                view.txn, self._backend.db(DB_KEY), self._compacted, revision, keep
+            )
 
     def hash(self) -> int:
         """etcd's Hash: CRC32 of the whole backend, consistent index excluded."""
@@ -270,7 +271,14 @@ class KVStore:
 
     def _write(self, batch: WriteBatch, operation: Callable[[WriteView], _Response]) -> _Response:
         self._join(batch)
-        view = WriteView(self._index, batch, self._db, self._compacted, self._current, self._leases)
+        view = WriteView(
+            self._index,
+            batch,
+            self._backend.db(DB_KEY),
+            self._compacted,
+            self._current,
+            self._leases,
+        )
         try:
             response = operation(view)
             if view.changes:
@@ -316,7 +324,9 @@ class KVStore:
     def _read_view(self) -> Iterator[ReadView]:
         assert self._open_batch is None, "a read inside a write batch of this store"
         with self._backend.read() as txn:
-            yield ReadView(self._index, txn, self._db, self._compacted, self._current)
+            yield ReadView(
+                self._index, txn, self._backend.db(DB_KEY), self._compacted, self._current
+            )
 
 
 def _read_revision(txn: lmdb.Transaction, backend: Backend, key: bytes, default: int) -> int:
