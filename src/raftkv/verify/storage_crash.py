@@ -62,8 +62,10 @@ class Writer:
             self.persistence = RaftPersistence.bootstrap(disk, raft_dir, voters)
         self.backend = Backend(os.path.join(data_dir, "db"), map_size_bytes=BACKEND_MAP_SIZE_BYTES)
         self.kv = KVStore(self.backend)
-        consistent = self.backend.consistent_index().index
-        applied = max(consistent, self.persistence.storage.first_index() - 1)
+        # Raft restarts from its snapshot, so membership changes after it are
+        # re-applied to the core; apply() skips what the backend already holds
+        # (index <= consistent index), which makes the replay idempotent.
+        applied = self.persistence.storage.snapshot().metadata.index
         config = RaftConfig(id=1, applied=applied, rng=random.Random(seed))
         self.node = RawNode(config, self.persistence.storage)
         self.incarnation = incarnation
