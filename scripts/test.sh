@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 
 ruff check src tests
 mypy
-python -m pytest
+# Two workers: CI machines have two cores, and the simulator and crash tests are CPU-bound.
+python -m pytest -n 2

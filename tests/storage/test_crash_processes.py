@@ -11,13 +11,15 @@ import pytest
 
 from raftkv.verify.storage_crash import Acked, CrashTestFailure, check_store, run
 
-CI_KILLS = 150
+# 150 SIGKILLs in CI, as three independent histories of 50 (they run in parallel).
+KILLS_PER_RUN = 50
 
 
-def test_writer_survives_hundreds_of_sigkills() -> None:
-    acked = run(iterations=CI_KILLS, seed=20261127)
+@pytest.mark.parametrize("seed", [20261127, 20261128, 20261129])
+def test_writer_survives_hundreds_of_sigkills(seed: int) -> None:
+    acked = run(iterations=KILLS_PER_RUN, seed=seed)
     # The run must have acknowledged real work, of both kinds, for the checks to mean anything.
-    assert len(acked.puts) > 1000 and len(acked.txns) > 300
+    assert len(acked.puts) > 500 and len(acked.txns) > 150
 
 
 def test_checker_notices_a_lost_acknowledged_write(tmp_path: Path) -> None:
