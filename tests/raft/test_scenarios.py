@@ -982,7 +982,7 @@ def test_candidate_removed_mid_campaign_cannot_win() -> None:
     raft = net.raft(3)
     raft.become_follower(raft.term, 0)
     raft.become_candidate()
-    raft.poll(3, M.VOTE_RESP, True)
+    raft.poll(3, True)
     raft.apply_conf_change(remove(3))
     assert raft.state is StateType.FOLLOWER
     for voter in (1, 2):

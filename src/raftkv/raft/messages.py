@@ -162,11 +162,6 @@ RESPONSE_MESSAGE_TYPES = frozenset(
     }
 )
 
-# Requests that are valid without a term: followers forward them unchanged.
-TERMLESS_MESSAGE_TYPES = frozenset(
-    {MessageType.PROP, MessageType.READ_INDEX, MessageType.TRANSFER_LEADER}
-)
-
 
 def vote_response_type(vote_type: MessageType) -> MessageType:
     if vote_type is MessageType.VOTE:

@@ -39,7 +39,7 @@ from raftkv.raft.messages import (
     payload_size_bytes,
     vote_response_type,
 )
-from raftkv.raft.quorum import VoteResult, vote_result
+from raftkv.raft.quorum import VoteResult
 from raftkv.raft.read_only import ReadOnly
 from raftkv.raft.storage import LogStorage
 from raftkv.raft.tracker import ProgressState, ProgressTracker
@@ -431,7 +431,7 @@ class Raft:
             term = self.term
         # Our own vote is recorded now, but the vote requests wait in
         # msgs_after_append until the candidate's hard state is durable.
-        if self.poll(self.id, vote_response_type(vote_type), True) is VoteResult.WON:
+        if self.poll(self.id, True) is VoteResult.WON:
             self.on_election_won(vote_type)
             return
         context = CAMPAIGN_TRANSFER if transfer else b""
@@ -458,9 +458,9 @@ class Raft:
             self.become_leader()
             self.bcast_append()
 
-    def poll(self, node: NodeId, response_type: MessageType, granted: bool) -> VoteResult:
+    def poll(self, node: NodeId, granted: bool) -> VoteResult:
         self.tracker.record_vote(node, granted)
-        return self.tracker.tally_votes()[2]
+        return self.tracker.vote_result()
 
     def can_grant_vote(self, m: Message) -> bool:
         """Raft §5.2/§5.4.1: one vote per term, only for an up-to-date log."""
@@ -653,8 +653,7 @@ class Raft:
         if progress.state is ProgressState.PROBE:
             progress.become_replicate()
         elif (
-            progress.state is ProgressState.SNAPSHOT
-            and progress.match >= progress.pending_snapshot
+            progress.state is ProgressState.SNAPSHOT and progress.match >= progress.pending_snapshot
         ):
             progress.become_probe()
             progress.become_replicate()
@@ -682,14 +681,10 @@ class Raft:
         acks = self.read_only.recv_ack(m.frm, m.context)
         if acks is None:
             return
-        votes = dict.fromkeys(acks, True)
-        if self.tracker_vote_result(votes) is not VoteResult.WON:
+        if not self.tracker.has_quorum(acks):
             return
         for status in self.read_only.advance(m.context):
             self.respond_to_read_index(status.request, status.index)
-
-    def tracker_vote_result(self, votes: dict[NodeId, bool]) -> VoteResult:
-        return vote_result(self.tracker.voters, votes)
 
     def handle_transfer_leader(self, m: Message) -> None:
         transferee = m.frm
@@ -713,9 +708,7 @@ class Raft:
     # -- Candidate and follower ----------------------------------------------
 
     def step_candidate(self, m: Message) -> None:
-        my_response_type = (
-            M.PRE_VOTE_RESP if self.state is StateType.PRE_CANDIDATE else M.VOTE_RESP
-        )
+        my_response_type = M.PRE_VOTE_RESP if self.state is StateType.PRE_CANDIDATE else M.VOTE_RESP
         if m.type is M.PROP:
             self.drop_proposal(m.frm == self.id, "no leader")
         elif m.type is M.READ_INDEX:
@@ -724,7 +717,7 @@ class Raft:
             self.become_follower(m.term, m.frm)  # a leader exists for our term
             self.step_follower(m)
         elif m.type is my_response_type:
-            result = self.poll(m.frm, m.type, not m.reject)
+            result = self.poll(m.frm, not m.reject)
             if result is VoteResult.WON:
                 self.on_election_won(M.PRE_VOTE if m.type is M.PRE_VOTE_RESP else M.VOTE)
             elif result is VoteResult.LOST:

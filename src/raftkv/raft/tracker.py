@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from raftkv.raft import quorum
 from raftkv.raft.messages import ConfState, Index, NodeId
@@ -186,9 +186,13 @@ class ProgressTracker:
         match = {node: pr.match for node, pr in self.progress.items()}
         return quorum.committed_index(self.voters, match)
 
+    def has_quorum(self, nodes: Collection[NodeId]) -> bool:
+        """Do these nodes include a majority of the voters?"""
+        agreeing = dict.fromkeys(nodes, True)
+        return quorum.vote_result(self.voters, agreeing) is quorum.VoteResult.WON
+
     def quorum_active(self) -> bool:
-        active = {node: pr.recent_active for node, pr in self.progress.items()}
-        return quorum.vote_result(self.voters, active) is quorum.VoteResult.WON
+        return self.has_quorum([node for node, pr in self.progress.items() if pr.recent_active])
 
     def reset_votes(self) -> None:
         self.votes = {}
@@ -196,7 +200,5 @@ class ProgressTracker:
     def record_vote(self, node: NodeId, granted: bool) -> None:
         self.votes.setdefault(node, granted)
 
-    def tally_votes(self) -> tuple[int, int, quorum.VoteResult]:
-        granted = sum(1 for node in self.voters if self.votes.get(node) is True)
-        rejected = sum(1 for node in self.voters if self.votes.get(node) is False)
-        return granted, rejected, quorum.vote_result(self.voters, self.votes)
+    def vote_result(self) -> quorum.VoteResult:
+        return quorum.vote_result(self.voters, self.votes)
