@@ -6,6 +6,8 @@ import argparse
 import sys
 
 import raftkv
+from raftkv import limits
+from raftkv.argtypes import bounded_int
 
 EXIT_NOT_IMPLEMENTED = 2
 
@@ -17,25 +19,6 @@ _PENDING: dict[str, str] = {
     "verify": "run fault injection against real server processes",
     "snapshot": "save or restore a snapshot of a running cluster",
 }
-
-
-class _BoundedInt:
-    """argparse ``type=`` callable accepting an integer in ``[lo, hi]`` (``hi`` optional)."""
-
-    def __init__(self, name: str, lo: int, hi: int | None = None) -> None:
-        self.__name__ = name  # argparse uses this in error messages
-        self._lo = lo
-        self._hi = hi
-
-    def __call__(self, text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-        if value < self._lo or (self._hi is not None and value > self._hi):
-            bound = f">= {self._lo}" if self._hi is None else f"in {self._lo}..{self._hi}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
-        return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,28 +35,28 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="run the deterministic cluster simulator (VOPR)")
     sim.add_argument(
         "--seeds",
-        type=_BoundedInt("count", 1),
+        type=bounded_int("count", 1),
         default=None,
         metavar="N",
         help="number of seeds to run",
     )
     sim.add_argument(
         "--seed",
-        type=_BoundedInt("seed", 0),
+        type=bounded_int("seed", 0),
         default=None,
         metavar="S",
         help="run (or replay) this specific seed",
     )
     sim.add_argument(
         "--nodes",
-        type=_BoundedInt("nodes", 1, 7),
+        type=bounded_int("nodes", 1, 7),
         default=None,
         metavar="K",
         help="cluster size, 1..7 (default: chosen by the simulator)",
     )
     sim.add_argument(
         "--ticks",
-        type=_BoundedInt("ticks", 1),
+        type=bounded_int("ticks", 1, limits.SIM_MAX_TICKS),
         default=None,
         metavar="T",
         help="number of ticks to simulate per seed (default: chosen by the simulator)",

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from raftkv import limits
-from raftkv.bench.args import bounded_int
+from raftkv.argtypes import bounded_int
 from raftkv.raft import (
     ConfState,
     MemoryStorage,

@@ -35,7 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from raftkv.bench.args import bounded_int
+from raftkv.argtypes import bounded_int
 from raftkv.storage.backend import Backend
 from raftkv.storage.mvcc import KVStore, PutRequest, RangeRequest
 

@@ -58,6 +58,8 @@ class SimOptions:
         rng = random.Random(seed)
         node_count = nodes if nodes is not None else rng.choice([1, 2, 3, 3, 3, 4, 5, 5, 6, 7])
         assert 1 <= node_count <= limits.SIM_MAX_NODES, node_count
+        if ticks is not None and not 1 <= ticks <= limits.SIM_MAX_TICKS:
+            raise ValueError(f"ticks must be in 1..{limits.SIM_MAX_TICKS}, got {ticks}")
         election_ticks = rng.randint(5, 20)
         delay_min_steps = rng.randint(1, 5)
         return SimOptions(
