@@ -31,20 +31,27 @@ from dataclasses import dataclass, field
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.messages import ConfState, Entry
 from raftkv.raft.rawnode import RawNode
-from raftkv.storage.backend import Backend, WriteBatch
+from raftkv.server.apply import Applier
+from raftkv.server.requests import encode
+from raftkv.storage.alarm import AlarmStore
+from raftkv.storage.backend import Backend
 from raftkv.storage.disk import OsDisk
+from raftkv.storage.errors import RequestError
+from raftkv.storage.lease import Lessor
 from raftkv.storage.mvcc import (
     KeyValue,
     KVStore,
     PutRequest,
+    PutResponse,
     RangeRequest,
-    RequestOp,
     TxnRequest,
+    TxnResponse,
 )
 from raftkv.storage.raft_storage import RaftPersistence
 
 BACKEND_MAP_SIZE_BYTES = 1 << 30
 READY_TIMEOUT_SECONDS = 60.0
+REQUEST_IDS_PER_INCARNATION = 1 << 40
 SNAPSHOT_EVERY_ENTRIES = 500  # compact often, so recovery from a snapshot is exercised too
 
 
@@ -62,15 +69,20 @@ class Writer:
             self.persistence = RaftPersistence.bootstrap(disk, raft_dir, voters)
         self.backend = Backend(os.path.join(data_dir, "db"), map_size_bytes=BACKEND_MAP_SIZE_BYTES)
         self.kv = KVStore(self.backend)
+        # The server's own apply path: one LMDB batch per Ready, with the
+        # consistent index, skipping entries the backend already holds.
+        self.applier = Applier(self.backend, self.kv, Lessor(10, 10), AlarmStore(self.backend), 1)
         # Raft restarts from its snapshot, so membership changes after it are
-        # re-applied to the core; apply() skips what the backend already holds
-        # (index <= consistent index), which makes the replay idempotent.
+        # re-applied to the core; the Applier skips what the backend already
+        # holds (index <= consistent index), which makes the replay idempotent.
         applied = self.persistence.storage.snapshot().metadata.index
         config = RaftConfig(id=1, applied=applied, rng=random.Random(seed))
         self.node = RawNode(config, self.persistence.storage)
         self.incarnation = incarnation
         self.rng = random.Random(seed)
         self.sequence = 0
+        # Requests proposed by this incarnation, by request id, to acknowledge.
+        self.pending: dict[int, tuple[str, str, str]] = {}
 
     def run(self) -> None:
         self.node.campaign()
@@ -83,10 +95,23 @@ class Writer:
 
     def next_payload(self) -> bytes:
         self.sequence += 1
+        request_id = self.incarnation * REQUEST_IDS_PER_INCARNATION + self.sequence
         name = f"{self.incarnation}-{self.sequence}"
         value = f"v{self.rng.getrandbits(32)}"
-        kind = "txn" if self.rng.random() < 0.3 else "put"
-        return f"{kind}|{name}|{value}".encode()
+        request: PutRequest | TxnRequest
+        if self.rng.random() < 0.3:
+            kind = "txn"
+            request = TxnRequest(
+                success=tuple(
+                    PutRequest(key=f"{side}/{name}".encode(), value=value.encode())
+                    for side in ("a", "b")
+                )
+            )
+        else:
+            kind = "put"
+            request = PutRequest(key=f"k/{name}".encode(), value=value.encode())
+        self.pending[request_id] = (kind, name, value)
+        return encode(request_id, request)
 
     def pump(self) -> None:
         while self.node.has_ready():
@@ -100,28 +125,16 @@ class Writer:
             self.maybe_compact()
 
     def apply(self, entries: list[Entry]) -> list[str]:
-        consistent = self.backend.consistent_index().index
-        fresh = [entry for entry in entries if entry.index > consistent]
-        if not fresh:
-            return []
         acks: list[str] = []
-        with self.backend.write() as batch:
-            for entry in fresh:
-                if entry.data:
-                    acks.append(self.apply_one(batch, entry.data))
-            batch.set_consistent_index(fresh[-1].index, fresh[-1].term)
+        for request_id, result in self.applier.apply(entries):
+            if isinstance(result, RequestError):
+                raise result  # no request here may fail: a bug, so crash loudly
+            proposed = self.pending.pop(request_id, None)
+            if proposed is not None:  # replays of an earlier incarnation were acked then
+                assert isinstance(result, PutResponse | TxnResponse), result
+                kind, name, value = proposed
+                acks.append(f"ACK {kind} {name} {value} {result.revision}\n")
         return acks
-
-    def apply_one(self, batch: WriteBatch, data: bytes) -> str:
-        kind, name, value = data.decode().split("|")
-        if kind == "put":
-            put = self.kv.put(batch, PutRequest(key=f"k/{name}".encode(), value=value.encode()))
-            return f"ACK put {name} {value} {put.revision}\n"
-        ops: tuple[RequestOp, ...] = tuple(
-            PutRequest(key=f"{side}/{name}".encode(), value=value.encode()) for side in ("a", "b")
-        )
-        txn = self.kv.txn(batch, TxnRequest(success=ops))
-        return f"ACK txn {name} {value} {txn.revision}\n"
 
     def maybe_compact(self) -> None:
         applied = self.node.raft.log.applied
