@@ -42,6 +42,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from raftkv import limits
+from raftkv.server.varint import (
+    UINT64_MAX,
+    VarintError,
+    put_svarint,
+    put_uvarint,
+    read_uvarint,
+    zigzag_decode,
+)
 from raftkv.storage.alarm import AlarmType
 from raftkv.storage.errors import RequestTooLargeError
 from raftkv.storage.mvcc.txn import (
@@ -62,9 +70,6 @@ VERSION = 1
 # A txn nests at most this deep; validate_txn's op budget already keeps real ones
 # shallower (a nested txn gets what its parent left of MVCC_MAX_TXN_OPS).
 MAX_TXN_DEPTH = limits.MVCC_MAX_TXN_OPS
-# A varint of a 64-bit value takes at most 10 bytes.
-_MAX_VARINT_BYTES = 10
-_UINT64_MAX = (1 << 64) - 1
 
 _E = TypeVar("_E", bound=enum.IntEnum)
 
@@ -136,9 +141,9 @@ class _Tag(enum.IntEnum):
 
 def encode(request_id: int, request: Request) -> bytes:
     """The entry data for ``request``; RequestTooLargeError beyond MAX_REQUEST_BYTES."""
-    assert 0 <= request_id <= _UINT64_MAX, f"request id {request_id} is not a uint64"
+    assert 0 <= request_id <= UINT64_MAX, f"request id {request_id} is not a uint64"
     out = bytearray([VERSION])
-    _put_uvarint(out, request_id)
+    put_uvarint(out, request_id)
     _put_request(out, request)
     if len(out) > limits.MAX_REQUEST_BYTES:
         raise RequestTooLargeError()
@@ -151,26 +156,26 @@ def _put_request(out: bytearray, request: Request) -> None:
             _put_op(out, request, depth=0)
         case CompactionRequest():
             out.append(_Tag.COMPACTION)
-            _put_svarint(out, request.revision)
+            put_svarint(out, request.revision)
             _put_flags(out, request.physical)
         case LeaseGrantRequest():
             out.append(_Tag.LEASE_GRANT)
-            _put_svarint(out, request.id)
-            _put_svarint(out, request.ttl_seconds)
+            put_svarint(out, request.id)
+            put_svarint(out, request.ttl_seconds)
         case LeaseRevokeRequest():
             out.append(_Tag.LEASE_REVOKE)
-            _put_svarint(out, request.id)
+            put_svarint(out, request.id)
         case LeaseCheckpointRequest():
             out.append(_Tag.LEASE_CHECKPOINT)
-            _put_uvarint(out, len(request.checkpoints))
+            put_uvarint(out, len(request.checkpoints))
             for lease_id, remaining in request.checkpoints:
-                _put_svarint(out, lease_id)
-                _put_svarint(out, remaining)
+                put_svarint(out, lease_id)
+                put_svarint(out, remaining)
         case AlarmRequest():
             out.append(_Tag.ALARM)
             out.append(int(request.action))
-            assert 0 <= request.member_id <= _UINT64_MAX
-            _put_uvarint(out, request.member_id)
+            assert 0 <= request.member_id <= UINT64_MAX
+            put_uvarint(out, request.member_id)
             out.append(int(request.alarm))
         case _:
             raise TypeError(f"not a replicated request: {request!r}")
@@ -182,7 +187,7 @@ def _put_op(out: bytearray, op: RequestOp, depth: int) -> None:
             out.append(_Tag.PUT)
             _put_bytes(out, op.key)
             _put_bytes(out, op.value)
-            _put_svarint(out, op.lease)
+            put_svarint(out, op.lease)
             _put_flags(out, op.prev_kv, op.ignore_value, op.ignore_lease)
         case DeleteRangeRequest():
             out.append(_Tag.DELETE_RANGE)
@@ -193,8 +198,8 @@ def _put_op(out: bytearray, op: RequestOp, depth: int) -> None:
             out.append(_Tag.RANGE)
             _put_bytes(out, op.key)
             _put_bytes(out, op.range_end)
-            _put_svarint(out, op.limit)
-            _put_svarint(out, op.revision)
+            put_svarint(out, op.limit)
+            put_svarint(out, op.revision)
             out.append(int(op.sort_order))
             out.append(int(op.sort_target))
             _put_flags(out, op.serializable, op.keys_only, op.count_only)
@@ -204,16 +209,16 @@ def _put_op(out: bytearray, op: RequestOp, depth: int) -> None:
                 op.min_create_revision,
                 op.max_create_revision,
             ):
-                _put_svarint(out, value)
+                put_svarint(out, value)
         case TxnRequest():
             if depth >= MAX_TXN_DEPTH:
                 raise RequestTooLargeError("etcdserver: txn nested too deep")
             out.append(_Tag.TXN)
-            _put_uvarint(out, len(op.compare))
+            put_uvarint(out, len(op.compare))
             for compare in op.compare:
                 _put_compare(out, compare)
             for branch in (op.success, op.failure):
-                _put_uvarint(out, len(branch))
+                put_uvarint(out, len(branch))
                 for nested in branch:
                     _put_op(out, nested, depth + 1)
         case _:
@@ -225,28 +230,15 @@ def _put_compare(out: bytearray, compare: Compare) -> None:
     out.append(int(compare.target))
     _put_bytes(out, compare.key)
     _put_bytes(out, compare.range_end)
-    _put_svarint(out, compare.version)
-    _put_svarint(out, compare.create_revision)
-    _put_svarint(out, compare.mod_revision)
+    put_svarint(out, compare.version)
+    put_svarint(out, compare.create_revision)
+    put_svarint(out, compare.mod_revision)
     _put_bytes(out, compare.value)
-    _put_svarint(out, compare.lease)
-
-
-def _put_uvarint(out: bytearray, value: int) -> None:
-    assert 0 <= value <= _UINT64_MAX, f"{value} does not fit a uint64 varint"
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-
-
-def _put_svarint(out: bytearray, value: int) -> None:
-    assert -(1 << 63) <= value < (1 << 63), f"{value} is not an int64"
-    _put_uvarint(out, (value << 1) ^ (value >> 63))
+    put_svarint(out, compare.lease)
 
 
 def _put_bytes(out: bytearray, value: bytes) -> None:
-    _put_uvarint(out, len(value))
+    put_uvarint(out, len(value))
     out += value
 
 
@@ -286,19 +278,14 @@ class _Reader:
         return value
 
     def uvarint(self) -> int:
-        value = 0
-        for shift in range(0, 7 * _MAX_VARINT_BYTES, 7):
-            byte = self.byte()
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                if value > _UINT64_MAX or (byte == 0 and shift > 0):
-                    raise RequestDecodeError("non-canonical or oversized varint")
-                return value
-        raise RequestDecodeError("varint longer than 10 bytes")
+        try:
+            value, self.pos = read_uvarint(self.data, self.pos)
+        except VarintError as error:
+            raise RequestDecodeError(str(error)) from error
+        return value
 
     def svarint(self) -> int:
-        raw = self.uvarint()
-        return (raw >> 1) ^ -(raw & 1)
+        return zigzag_decode(self.uvarint())
 
     def raw(self) -> bytes:
         length = self.uvarint()

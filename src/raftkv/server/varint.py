@@ -1,0 +1,54 @@
+"""LEB128 varints shared by raftkv's binary codecs (``requests.py``, ``codec.py``).
+
+Unsigned varints hold a uint64; signed ones are zigzag-encoded first. Reading is strict:
+a truncated varint, one longer than 10 bytes, one whose value exceeds 64 bits, or one with
+a redundant trailing zero byte (a second encoding of the same value) is a ``VarintError``.
+That keeps every codec built on these helpers deterministic: one encoding per value.
+"""
+
+from __future__ import annotations
+
+UINT64_MAX = (1 << 64) - 1
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+# A varint of a 64-bit value takes at most 10 bytes (7 bits per byte).
+MAX_VARINT_BYTES = 10
+
+
+class VarintError(ValueError):
+    """The bytes do not hold a canonical uint64 varint at this position."""
+
+
+def put_uvarint(out: bytearray, value: int) -> None:
+    assert 0 <= value <= UINT64_MAX, f"{value} does not fit a uint64 varint"
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def put_svarint(out: bytearray, value: int) -> None:
+    assert INT64_MIN <= value <= INT64_MAX, f"{value} is not an int64"
+    put_uvarint(out, (value << 1) ^ (value >> 63))
+
+
+def read_uvarint(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at ``pos``."""
+    assert pos >= 0, pos
+    value = 0
+    for shift in range(0, 7 * MAX_VARINT_BYTES, 7):
+        if pos >= len(data):
+            raise VarintError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if value > UINT64_MAX or (byte == 0 and shift > 0):
+                raise VarintError("non-canonical or oversized varint")
+            return value, pos
+    raise VarintError("varint longer than 10 bytes")
+
+
+def zigzag_decode(raw: int) -> int:
+    """The int64 a zigzag-encoded uvarint stands for."""
+    return (raw >> 1) ^ -(raw & 1)
