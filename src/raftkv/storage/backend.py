@@ -26,7 +26,8 @@ DB_KEY = b"key"  # MVCC: revision -> encoded KeyValue
 DB_META = b"meta"  # consistent index, compaction marks, ...
 DB_LEASE = b"lease"  # lease id -> encoded lease
 DB_ALARM = b"alarm"  # member id + alarm type -> b""
-DATABASES = (DB_KEY, DB_META, DB_LEASE, DB_ALARM)
+DB_MEMBERS = b"members"  # member id -> encoded member; cluster identity in DB_META
+DATABASES = (DB_KEY, DB_META, DB_LEASE, DB_ALARM, DB_MEMBERS)
 
 META_CONSISTENT_INDEX = b"consistent_index"
 _INDEX_TERM = struct.Struct(">QQ")
@@ -196,6 +197,14 @@ class Backend:
             os.close(directory_fd)
         shutil.rmtree(compact_dir, ignore_errors=True)
         self.env = self._open()
+
+    def flush(self) -> None:
+        """Make every committed batch durable (a backend opened with sync=False
+        commits without fsync; the WAL is the durable record until a snapshot)."""
+        try:
+            self.env.sync(True)
+        except lmdb.Error as error:
+            raise DiskError(f"backend {self.directory} sync failed: {error}") from error
 
     def copy_to(self, path: str) -> None:
         """A consistent, compacted copy of the whole backend (for snapshots)."""
