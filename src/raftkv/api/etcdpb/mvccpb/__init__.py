@@ -1,0 +1,1 @@
+"""Generated from proto/mvccpb/ by scripts/gen_protos.sh; do not edit."""

@@ -1,0 +1,1 @@
+"""Generated from proto/v3lockpb/ by scripts/gen_protos.sh; do not edit."""
