@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import sys
+from pathlib import Path
 
 import raftkv
 from raftkv import limits
 from raftkv.argtypes import bounded_int
 
 EXIT_NOT_IMPLEMENTED = 2
+EXIT_BAD_CONFIG = 2
 
 # Subcommands that exist in the CLI surface but need the server (issue #4) first.
 _PENDING: dict[str, str] = {
-    "serve": "run a single raftkv server node",
-    "up": "start a local raftkv cluster",
     "bench": "run the load generator and etcd comparison",
     "verify": "run fault injection against real server processes",
     "snapshot": "save or restore a snapshot of a running cluster",
@@ -31,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help_text in _PENDING.items():
         sub.add_parser(name, help=f"{help_text} (not yet implemented)")
+
+    # `serve` parses its own (etcd's) flags: main() hands its arguments to load_config.
+    sub.add_parser("serve", help="run one raftkv member (etcd's flags; see `raftkv serve --help`)")
+    _add_up_parser(sub)
 
     sim = sub.add_parser("sim", help="run the deterministic cluster simulator (VOPR)")
     sim.add_argument(
@@ -65,6 +71,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = sub.add_parser("up", help="start a local raftkv cluster, one process per member")
+    up.add_argument(
+        "--size",
+        type=bounded_int("size", 1, limits.UP_MAX_MEMBERS),
+        default=3,
+        metavar="N",
+        help=f"number of members, 1..{limits.UP_MAX_MEMBERS} (default: 3)",
+    )
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("raftkv-up-data"),
+        metavar="DIR",
+        help="where the members keep their data and logs (default: ./raftkv-up-data)",
+    )
+    up.add_argument(
+        "--base-port",
+        type=bounded_int("base port", 1, 65535),
+        default=2379,
+        metavar="P",
+        help=f"member i listens on P+{limits.UP_PORT_STRIDE}*i (client), +1 (peer), "
+        "+2 (JSON gateway) (default: 2379)",
+    )
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+
+
+def _run_serve(argv: list[str]) -> int:
+    from raftkv.server.config import ConfigError, load_config
+
+    try:
+        config = load_config(argv, os.environ)
+    except ConfigError as error:
+        print(f"raftkv serve: {error.message}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    for warning in config.warnings:
+        print(f"raftkv serve: warning: {warning}", file=sys.stderr)
+    try:
+        # Imported lazily: the server is heavy, and the rest of the CLI must not need it.
+        server_main = importlib.import_module("raftkv.server.main")
+    except ModuleNotFoundError as error:
+        if error.name != "raftkv.server.main":
+            raise
+        print("raftkv serve: the server (raftkv.server.main) is not built yet", file=sys.stderr)
+        return EXIT_NOT_IMPLEMENTED
+    exit_code: int = server_main.serve(config)
+    return exit_code
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from raftkv.up import run_up
+
+    return run_up(size=args.size, data_dir=args.data_dir, base_port=args.base_port, host=args.host)
+
+
 def _not_yet(command: str) -> int:
     print(
         f"raftkv {command}: not yet implemented — the server lands with issue #4; see README",
@@ -88,11 +149,16 @@ def _run_sim(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["serve"]:
+        return _run_serve(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     command: str = args.command
     if command == "sim":
         return _run_sim(args)
+    if command == "up":
+        return _run_up(args)
     if command in _PENDING:
         return _not_yet(command)
     parser.error(f"unknown command: {command}")  # unreachable: argparse validates choices

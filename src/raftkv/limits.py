@@ -148,3 +148,32 @@ MVCC_MAX_MAIN_REVISION = (1 << (64 - MVCC_REVISION_SUB_BITS)) - 1
 
 assert MVCC_MAX_CHANGES_PER_REVISION > MVCC_MAX_TXN_OPS
 assert MVCC_MAX_MAIN_REVISION >= 2**40
+
+# --- Server configuration (server/config.py) and `raftkv up` (up.py) ----------
+
+# etcd's maxElectionMs: --election-timeout may be at most this.
+SERVER_ELECTION_TIMEOUT_MAX_MS = 50_000
+# etcd: --election-timeout must be at least this many --heartbeat-interval.
+SERVER_ELECTION_HEARTBEAT_RATIO_MIN = 5
+# --quota-backend-bytes above etcd's recommended maximum (8 GiB) draws a warning; it may
+# be at most half the LMDB map size (the hard ceiling of the backend), leaving room for
+# the copy-on-write pages of open transactions.
+SERVER_QUOTA_BACKEND_BYTES_WARN = 8 * 1024 * MIB
+SERVER_QUOTA_BACKEND_BYTES_MAX = BACKEND_MAP_SIZE_BYTES // 2
+# --max-txn-ops is at most this: every op of a txn may be a change in one revision.
+SERVER_MAX_TXN_OPS_CEILING = 64 * KIB
+# A --config-file larger than this is refused (etcd's files are a few KiB).
+SERVER_CONFIG_FILE_MAX_BYTES = 1 * MIB
+# `raftkv up` runs at most this many members, spaced this many ports apart.
+UP_MAX_MEMBERS = 7
+UP_PORT_STRIDE = 10
+# `raftkv up` waits this long for members to exit after SIGTERM before SIGKILL.
+UP_STOP_GRACE_SECONDS = 10
+
+assert SERVER_ELECTION_HEARTBEAT_RATIO_MIN >= 1
+assert BACKEND_QUOTA_BYTES_DEFAULT <= SERVER_QUOTA_BACKEND_BYTES_WARN
+assert SERVER_QUOTA_BACKEND_BYTES_WARN < SERVER_QUOTA_BACKEND_BYTES_MAX < BACKEND_MAP_SIZE_BYTES
+assert MVCC_MAX_TXN_OPS <= SERVER_MAX_TXN_OPS_CEILING < MVCC_MAX_CHANGES_PER_REVISION
+assert UP_MAX_MEMBERS <= SNAPSHOT_MAX_CONF_NODES
+# Each member of `raftkv up` uses three ports (client, peer, gateway) inside its stride.
+assert UP_PORT_STRIDE >= 3
