@@ -71,10 +71,13 @@ BACKEND_QUOTA_BYTES_DEFAULT = 2 * 1024 * MIB
 MVCC_MAX_TXN_OPS = 128
 # etcd's --max-request-bytes default (1.5 MiB).
 MAX_REQUEST_BYTES = 3 * MIB // 2
+# The largest --max-request-bytes raftkv accepts (etcd warns above 10 MiB); the WAL's
+# record bound follows from it.
+MAX_REQUEST_BYTES_CEILING = 10 * MIB
 # WAL segments are cut at this size (etcd: 64 MB).
 WAL_SEGMENT_BYTES = 64 * 1000 * 1000
 # A single WAL record (one entry, hard state, snapshot marker) is at most this.
-WAL_MAX_RECORD_BYTES = MAX_REQUEST_BYTES + 64 * KIB
+WAL_MAX_RECORD_BYTES = MAX_REQUEST_BYTES_CEILING + 64 * KIB
 # Snapshot images stream to followers in chunks of this size.
 SNAPSHOT_CHUNK_BYTES = 1 * MIB
 
@@ -87,7 +90,8 @@ assert MVCC_MAX_TXN_OPS >= 1
 # The WAL record header stores the payload length in 32 bits.
 assert WAL_MAX_RECORD_BYTES < 2**32
 # One entry is one record, so a request that fits the request limit fits a record.
-assert WAL_MAX_RECORD_BYTES > MAX_REQUEST_BYTES + RAFT_ENTRY_OVERHEAD_BYTES
+assert WAL_MAX_RECORD_BYTES > MAX_REQUEST_BYTES_CEILING + RAFT_ENTRY_OVERHEAD_BYTES
+assert MAX_REQUEST_BYTES <= MAX_REQUEST_BYTES_CEILING
 # A snapshot file or stream holds at most this many voters plus learners.
 SNAPSHOT_MAX_CONF_NODES = 1024
 # A snapshot image is at most the whole backend, plus room for its framing; a
@@ -149,6 +153,75 @@ MVCC_MAX_MAIN_REVISION = (1 << (64 - MVCC_REVISION_SUB_BITS)) - 1
 assert MVCC_MAX_CHANGES_PER_REVISION > MVCC_MAX_TXN_OPS
 assert MVCC_MAX_MAIN_REVISION >= 2**40
 
+# --- Peer transport (server/codec.py, server/transport.py) ------------------
+
+# A Raft message on the wire: an APP holds entries within RAFT_MAX_SIZE_PER_MSG_BYTES (the
+# per-entry overhead counted there covers the encoded entry header), except that one larger
+# entry (at most one request) goes alone; the rest is the header, context and conf state.
+PEER_MAX_MESSAGE_BYTES = RAFT_MAX_SIZE_PER_MSG_BYTES + MAX_REQUEST_BYTES + 64 * KIB
+# Entries in one message: an APP's entries each count at least the overhead, and a
+# forwarded PROP holds at most one proposal batch.
+PEER_MAX_ENTRIES_PER_MESSAGE = RAFT_MAX_SIZE_PER_MSG_BYTES // RAFT_ENTRY_OVERHEAD_BYTES
+# Payload of one generic peer request (e.g. a forwarded lease keepalive), and of its reply.
+PEER_REQUEST_MAX_BYTES = 1 * MIB
+# One frame's payload: a message (plus a snapshot's 8-byte size), a snapshot chunk, or a
+# request (plus its 8-byte id).
+PEER_MAX_FRAME_BYTES = PEER_MAX_MESSAGE_BYTES + 64
+# Messages waiting for one peer's connection; beyond either bound a message is dropped
+# (Raft retransmits). The byte bound holds everything Raft's flow control lets out.
+PEER_SEND_QUEUE_MAX = 4096
+PEER_SEND_QUEUE_MAX_BYTES = 64 * MIB
+# One write to a peer's connection carries at most this many bytes of queued frames.
+PEER_SEND_BATCH_MAX_BYTES = 4 * MIB
+# Reconnecting to a peer: exponential backoff with jitter between these delays.
+PEER_RECONNECT_BACKOFF_MIN_MS = 50
+PEER_RECONNECT_BACKOFF_MAX_MS = 1000
+# Connecting, and the handshake (a connection that says nothing is closed after this).
+PEER_DIAL_TIMEOUT_MS = 1000
+PEER_HANDSHAKE_TIMEOUT_MS = 5000
+# A write that makes no progress, or a snapshot frame that does not arrive, within this.
+PEER_IO_TIMEOUT_MS = 10_000
+# The receiver of a snapshot confirms it after writing and fsyncing the whole file.
+PEER_SNAPSHOT_ACK_TIMEOUT_MS = 60_000
+# Requests one peer has outstanding on one connection, in either direction.
+PEER_MAX_PENDING_REQUESTS = 256
+# Accepted connections at once, and incoming snapshots at once.
+PEER_MAX_INBOUND_CONNECTIONS = 256
+PEER_MAX_INBOUND_SNAPSHOTS = 2
+# The receive loop yields to the event loop after this many buffered frames.
+PEER_RECEIVE_YIELD_EVERY_FRAMES = 64
+# A connection's reader buffers up to about twice this before it stops reading the socket.
+PEER_READ_BUFFER_BYTES = 1 * MIB
+# The error text a failed peer request sends back is cut to this.
+PEER_REQUEST_ERROR_TEXT_MAX_BYTES = 1 * KIB
+
+assert PEER_MAX_MESSAGE_BYTES > RAFT_MAX_SIZE_PER_MSG_BYTES + MAX_REQUEST_BYTES
+assert PEER_MAX_ENTRIES_PER_MESSAGE >= RAFT_MAX_ENTRIES_PER_PROPOSAL
+assert PEER_MAX_FRAME_BYTES >= SNAPSHOT_CHUNK_BYTES
+assert PEER_MAX_FRAME_BYTES >= PEER_REQUEST_MAX_BYTES + 8
+assert PEER_MAX_FRAME_BYTES < 2**32  # the frame header stores the length in 32 bits
+assert PEER_SEND_QUEUE_MAX > RAFT_MAX_INFLIGHT_MSGS
+assert PEER_SEND_QUEUE_MAX_BYTES > RAFT_MAX_INFLIGHT_BYTES + PEER_MAX_FRAME_BYTES
+assert PEER_SEND_BATCH_MAX_BYTES >= PEER_MAX_FRAME_BYTES
+assert 0 < PEER_RECONNECT_BACKOFF_MIN_MS <= PEER_RECONNECT_BACKOFF_MAX_MS
+assert PEER_MAX_PENDING_REQUESTS >= 1
+assert PEER_MAX_INBOUND_CONNECTIONS >= 3  # a peer's stream, request and snapshot connections
+assert PEER_MAX_INBOUND_SNAPSHOTS >= 1
+assert PEER_REQUEST_ERROR_TEXT_MAX_BYTES + 8 <= PEER_MAX_FRAME_BYTES
+
+# --- Watch (storage/mvcc/watchable.py) ----------------------------------------
+
+# Events one watcher may hold that its stream has not taken. A watcher that would
+# go past it falls behind ("unsynced") and catches up from the stored history
+# later, so a slow stream costs bounded memory and never stalls the others. One
+# revision's events are never split, so a single larger revision is held whole.
+WATCH_BUFFER_EVENTS_MAX = 1024
+# Revisions of history one catch-up pass reads (etcd's watch batch, 1000).
+WATCH_SYNC_MAX_REVISIONS = 1000
+
+assert WATCH_BUFFER_EVENTS_MAX >= 1
+assert WATCH_SYNC_MAX_REVISIONS >= 1
+
 # --- Server configuration (server/config.py) and `raftkv up` (up.py) ----------
 
 # etcd's maxElectionMs: --election-timeout may be at most this.
@@ -177,3 +250,56 @@ assert MVCC_MAX_TXN_OPS <= SERVER_MAX_TXN_OPS_CEILING < MVCC_MAX_CHANGES_PER_REV
 assert UP_MAX_MEMBERS <= SNAPSHOT_MAX_CONF_NODES
 # Each member of `raftkv up` uses three ports (client, peer, gateway) inside its stride.
 assert UP_PORT_STRIDE >= 3
+
+# --- Python client (client/) -------------------------------------------------
+
+# One call is tried at most this many times (across endpoints) before its last error is raised.
+CLIENT_MAX_ATTEMPTS = 8
+# Pause before a retry: doubles from the initial value up to the maximum.
+CLIENT_BACKOFF_INITIAL_S = 0.05
+CLIENT_BACKOFF_MAX_S = 1.0
+# etcd's clientv3 defaults: requests up to 2 MiB, responses up to 2 GiB - 1.
+CLIENT_MAX_SEND_MESSAGE_BYTES = 2 * MIB
+CLIENT_MAX_RECEIVE_MESSAGE_BYTES = 2**31 - 1
+# gRPC keepalive pings on open streams, so a silent endpoint is noticed; etcd refuses pings
+# more frequent than every 5 s (its keepalive enforcement policy).
+CLIENT_KEEPALIVE_INTERVAL_MS = 10_000
+CLIENT_KEEPALIVE_TIMEOUT_MS = 5_000
+# A kept-alive lease is renewed every ttl / this, and at least this often in seconds.
+CLIENT_LEASE_RENEWALS_PER_TTL = 3
+CLIENT_LEASE_RENEW_MIN_INTERVAL_S = 0.2
+
+assert CLIENT_MAX_ATTEMPTS >= 1
+assert 0 < CLIENT_BACKOFF_INITIAL_S <= CLIENT_BACKOFF_MAX_S
+assert CLIENT_MAX_SEND_MESSAGE_BYTES > MAX_REQUEST_BYTES
+assert CLIENT_KEEPALIVE_INTERVAL_MS >= 5_000
+assert CLIENT_LEASE_RENEWALS_PER_TTL >= 2
+
+# --- JSON gateway (api/gateway.py) and the Lock/Election services (api/concurrency.py) --
+
+# The request line and headers of one HTTP request; a larger head is refused (431).
+GATEWAY_MAX_HEADER_BYTES = 64 * KIB
+# A request body may hold the largest gRPC request as JSON: base64 makes its bytes 4/3
+# as many, and field names, quotes and numbers add this much (etcd's gRPC layer allows
+# --max-request-bytes plus 512 KiB of overhead for the same reason).
+GATEWAY_BODY_OVERHEAD_BYTES = 512 * KIB
+# A response message from the member's own gRPC server (etcd's gateway client: 2 GiB - 1).
+GATEWAY_MAX_RESPONSE_BYTES = 2**31 - 1
+# Open connections at once; beyond it a new connection is closed at once.
+GATEWAY_MAX_CONNECTIONS = 1024
+# A kept-alive connection with no request for this long is closed; a request whose
+# head and body take longer than the read timeout to arrive is refused (408).
+GATEWAY_IDLE_TIMEOUT_SECONDS = 120
+GATEWAY_READ_TIMEOUT_SECONDS = 30
+# /health answers "false" when its linearizable read takes longer than this.
+GATEWAY_HEALTH_TIMEOUT_SECONDS = 3
+# A Lock or Election waiter takes at most this many events from its watcher at a time.
+CONCURRENCY_WATCH_BATCH_EVENTS = 128
+
+assert GATEWAY_MAX_HEADER_BYTES >= 4 * KIB
+assert GATEWAY_BODY_OVERHEAD_BYTES >= 64 * KIB
+assert GATEWAY_MAX_RESPONSE_BYTES > MAX_REQUEST_BYTES_CEILING
+assert GATEWAY_MAX_CONNECTIONS >= 1
+assert 0 < GATEWAY_READ_TIMEOUT_SECONDS <= GATEWAY_IDLE_TIMEOUT_SECONDS
+assert GATEWAY_HEALTH_TIMEOUT_SECONDS > 0
+assert CONCURRENCY_WATCH_BATCH_EVENTS >= 1

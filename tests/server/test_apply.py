@@ -16,6 +16,7 @@ from raftkv.server.apply import (
     LeaseCheckpointResponse,
     LeaseGrantResponse,
     LeaseRevokeResponse,
+    MemberResponse,
     Result,
 )
 from raftkv.server.requests import (
@@ -198,7 +199,14 @@ def test_consistent_index_and_idempotent_replay(machine: Machine) -> None:
     ]
     machine.next_index += 1
     results = machine.applier.apply(entries)
-    assert [type(result) for _, result in results] == [LeaseGrantResponse, PutResponse]
+    assert [type(result) for _, result in results] == [
+        LeaseGrantResponse,
+        PutResponse,
+        MemberResponse,
+    ]
+    # The conf change added member 4 to the replicated member table, in the same batch.
+    member = machine.applier.members.get(4)
+    assert member is not None and not member.is_learner
     assert machine.backend.consistent_index() == ConsistentIndex(5, 2)
     revision = machine.kv.current_revision
 

@@ -17,6 +17,8 @@ from raftkv.server.requests import (
     LeaseCheckpointRequest,
     LeaseGrantRequest,
     LeaseRevokeRequest,
+    MemberAttributesRequest,
+    MemberUpdateRequest,
     Request,
     RequestDecodeError,
     decode,
@@ -97,6 +99,10 @@ requests: st.SearchStrategy[Request] = st.one_of(
     st.builds(LeaseRevokeRequest, int64),
     st.builds(LeaseCheckpointRequest, st.lists(st.tuples(int64, int64), max_size=5).map(tuple)),
     st.builds(AlarmRequest, st.sampled_from(AlarmAction), uint64, st.sampled_from(AlarmType)),
+    st.builds(
+        MemberAttributesRequest, uint64, st.text(max_size=8), st.lists(st.text()).map(tuple)
+    ),
+    st.builds(MemberUpdateRequest, uint64, st.lists(st.text(max_size=20)).map(tuple)),
 )
 
 

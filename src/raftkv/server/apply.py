@@ -6,8 +6,10 @@ the consistent index in the same batch, so the state and the index commit togeth
 replay after a crash skips exactly what is already in the backend (docs/storage.md,
 "Apply").
 
-* Empty NORMAL entries (a new leader's) and CONF_CHANGE entries carry no request; they
-  only advance the consistent index (the caller applies conf changes to its RawNode).
+* Empty NORMAL entries (a new leader's) carry no request; they only advance the
+  consistent index. CONF_CHANGE entries update the member table (``members``) in the same
+  batch; the caller applies them to its RawNode. Their context is JSON
+  ``{"request_id": int, "member": {...}}`` (``conf_change_context``).
 * A request refused by the store (etcd's errors: ``RequestError``) becomes its result;
   the stores guarantee a refused request wrote nothing, so the batch goes on.
 * Anything else (``DiskError``, a bug) propagates and the batch aborts: the node must stop,
@@ -19,16 +21,19 @@ only per-member input, ``now_tick``, reaches the lessor's primary-only expiry st
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from raftkv import limits
-from raftkv.raft.messages import Entry, EntryType
+from raftkv.raft.messages import ConfChange, ConfChangeType, Entry, EntryType
 from raftkv.server.requests import (
     AlarmAction,
     AlarmRequest,
     LeaseCheckpointRequest,
     LeaseGrantRequest,
     LeaseRevokeRequest,
+    MemberAttributesRequest,
+    MemberUpdateRequest,
     Request,
     decode,
 )
@@ -44,6 +49,7 @@ from raftkv.storage.alarm import (
 from raftkv.storage.backend import Backend, WriteBatch
 from raftkv.storage.errors import RequestError, TooManyChangesError
 from raftkv.storage.lease import Lessor
+from raftkv.storage.members import MemberRecord, MemberStore
 from raftkv.storage.mvcc import (
     CompactionRequest,
     CompactionResponse,
@@ -83,6 +89,12 @@ class AlarmResponse:
     alarms: tuple[AlarmMember, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class MemberResponse:
+    member_id: int
+    applied: bool  # False: the member was unknown (e.g. removed meanwhile)
+
+
 Response = (
     PutResponse
     | DeleteRangeResponse
@@ -92,6 +104,7 @@ Response = (
     | LeaseRevokeResponse
     | LeaseCheckpointResponse
     | AlarmResponse
+    | MemberResponse
 )
 Result = Response | RequestError
 """What applying a request gave: its response, or the etcd error that refused it."""
@@ -112,12 +125,14 @@ class Applier:
         alarms: AlarmStore,
         member_id: int,
         quota: QuotaGuard | None = None,
+        members: MemberStore | None = None,
     ) -> None:
         self.backend = backend
         self.kv = kv
         self.lessor = lessor
         self.alarms = alarms
         self.member_id = member_id
+        self.members = members or MemberStore(backend)
         # check_write reads only the replicated alarms, never the quota size.
         self.quota = quota or QuotaGuard(
             backend, min(kv.quota_bytes, backend.map_size_bytes), alarms
@@ -140,7 +155,10 @@ class Applier:
         results: list[tuple[int, Result]] = []
         with self.backend.write() as batch:
             for entry in fresh:
-                if entry.type is not EntryType.NORMAL or not entry.data:
+                if entry.type is EntryType.CONF_CHANGE:
+                    results.append(self._apply_conf_change(batch, entry))
+                    continue
+                if not entry.data:
                     continue
                 request_id, request = decode(entry.data)
                 results.append((request_id, self._apply_one(batch, request, now_tick)))
@@ -186,7 +204,50 @@ class Applier:
                 return LeaseCheckpointResponse(applied)
             case AlarmRequest():
                 return self._alarm(batch, request)
+            case MemberAttributesRequest():
+                return self._member_attributes(batch, request)
+            case MemberUpdateRequest():
+                return self._member_update(batch, request)
         raise AssertionError(f"unhandled request {request!r}")
+
+    def _apply_conf_change(self, batch: WriteBatch, entry: Entry) -> tuple[int, Result]:
+        change = ConfChange.decode(entry.data)
+        request_id, proposed = parse_conf_change_context(change)
+        current = self.members.get(change.node_id)
+        if change.type is ConfChangeType.REMOVE_NODE:
+            if current is not None:
+                self.members.remove(batch, change.node_id)
+            return request_id, MemberResponse(change.node_id, current is not None)
+        is_learner = change.type is ConfChangeType.ADD_LEARNER
+        # A change proposed without details (a bare RawNode user) gets an unnamed record.
+        base = current or proposed or MemberRecord(change.node_id, "", (), ())
+        record = MemberRecord(
+            change.node_id, base.name, base.peer_urls, base.client_urls, is_learner
+        )
+        self.members.put(batch, record)
+        return request_id, MemberResponse(change.node_id, True)
+
+    def _member_attributes(
+        self, batch: WriteBatch, request: MemberAttributesRequest
+    ) -> MemberResponse:
+        current = self.members.get(request.member_id)
+        if current is None:
+            return MemberResponse(request.member_id, False)
+        record = MemberRecord(
+            current.id, request.name, current.peer_urls, request.client_urls, current.is_learner
+        )
+        self.members.put(batch, record)
+        return MemberResponse(request.member_id, True)
+
+    def _member_update(self, batch: WriteBatch, request: MemberUpdateRequest) -> MemberResponse:
+        current = self.members.get(request.member_id)
+        if current is None:
+            return MemberResponse(request.member_id, False)
+        record = MemberRecord(
+            current.id, current.name, request.peer_urls, current.client_urls, current.is_learner
+        )
+        self.members.put(batch, record)
+        return MemberResponse(request.member_id, True)
 
     def _revoke(self, batch: WriteBatch, lease_id: int) -> LeaseRevokeResponse:
         # Every refusal comes before the first write: LeaseNotFoundError (a duplicate
@@ -222,3 +283,32 @@ def _branch_costs(ops: tuple[RequestOp, ...]) -> list[int]:
         elif isinstance(op, TxnRequest):
             costs.append(_txn_cost_bytes(op))
     return costs
+
+
+def conf_change_context(request_id: int, member: MemberRecord | None) -> bytes:
+    """The context of a proposed conf change: who asked, and the member's details."""
+    body: dict[str, object] = {"request_id": request_id}
+    if member is not None:
+        body["member"] = {
+            "name": member.name,
+            "peer_urls": list(member.peer_urls),
+            "client_urls": list(member.client_urls),
+        }
+    return json.dumps(body, sort_keys=True).encode()
+
+
+def parse_conf_change_context(change: ConfChange) -> tuple[int, MemberRecord | None]:
+    if not change.context:
+        return 0, None  # bootstrap-style changes carry no context
+    body = json.loads(change.context)
+    request_id = int(body["request_id"])
+    member = body.get("member")
+    if member is None:
+        return request_id, None
+    record = MemberRecord(
+        change.node_id,
+        str(member["name"]),
+        tuple(str(url) for url in member["peer_urls"]),
+        tuple(str(url) for url in member["client_urls"]),
+    )
+    return request_id, record

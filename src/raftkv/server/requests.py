@@ -112,6 +112,23 @@ class AlarmRequest:
     alarm: AlarmType
 
 
+@dataclass(frozen=True, slots=True)
+class MemberAttributesRequest:
+    """A started member publishes its name and client URLs (etcd's attribute update)."""
+
+    member_id: int
+    name: str
+    client_urls: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpdateRequest:
+    """etcd's MemberUpdate: new peer URLs for a member (no membership change)."""
+
+    member_id: int
+    peer_urls: tuple[str, ...]
+
+
 Request = (
     PutRequest
     | DeleteRangeRequest
@@ -121,6 +138,8 @@ Request = (
     | LeaseRevokeRequest
     | LeaseCheckpointRequest
     | AlarmRequest
+    | MemberAttributesRequest
+    | MemberUpdateRequest
 )
 
 
@@ -134,18 +153,22 @@ class _Tag(enum.IntEnum):
     LEASE_CHECKPOINT = 7
     ALARM = 8
     RANGE = 9
+    MEMBER_ATTRIBUTES = 10
+    MEMBER_UPDATE = 11
 
 
 # --- Encoding ------------------------------------------------------------------------
 
 
-def encode(request_id: int, request: Request) -> bytes:
-    """The entry data for ``request``; RequestTooLargeError beyond MAX_REQUEST_BYTES."""
+def encode(request_id: int, request: Request, max_bytes: int = limits.MAX_REQUEST_BYTES) -> bytes:
+    """The entry data for ``request``; RequestTooLargeError beyond ``max_bytes`` (the
+    server's --max-request-bytes, at most MAX_REQUEST_BYTES_CEILING)."""
     assert 0 <= request_id <= UINT64_MAX, f"request id {request_id} is not a uint64"
+    assert 0 < max_bytes <= limits.MAX_REQUEST_BYTES_CEILING
     out = bytearray([VERSION])
     put_uvarint(out, request_id)
     _put_request(out, request)
-    if len(out) > limits.MAX_REQUEST_BYTES:
+    if len(out) > max_bytes:
         raise RequestTooLargeError()
     return bytes(out)
 
@@ -177,8 +200,23 @@ def _put_request(out: bytearray, request: Request) -> None:
             assert 0 <= request.member_id <= UINT64_MAX
             put_uvarint(out, request.member_id)
             out.append(int(request.alarm))
+        case MemberAttributesRequest():
+            out.append(_Tag.MEMBER_ATTRIBUTES)
+            put_uvarint(out, request.member_id)
+            _put_bytes(out, request.name.encode())
+            _put_strings(out, request.client_urls)
+        case MemberUpdateRequest():
+            out.append(_Tag.MEMBER_UPDATE)
+            put_uvarint(out, request.member_id)
+            _put_strings(out, request.peer_urls)
         case _:
             raise TypeError(f"not a replicated request: {request!r}")
+
+
+def _put_strings(out: bytearray, values: tuple[str, ...]) -> None:
+    put_uvarint(out, len(values))
+    for value in values:
+        _put_bytes(out, value.encode())
 
 
 def _put_op(out: bytearray, op: RequestOp, depth: int) -> None:
@@ -333,9 +371,25 @@ class _Reader:
                 member_id = self.uvarint()
                 alarm = self.enum_byte(AlarmType)
                 return AlarmRequest(action, member_id, alarm)
+            case _Tag.MEMBER_ATTRIBUTES:
+                member_id = self.uvarint()
+                name = self.text()
+                return MemberAttributesRequest(member_id, name, self.strings())
+            case _Tag.MEMBER_UPDATE:
+                member_id = self.uvarint()
+                return MemberUpdateRequest(member_id, self.strings())
             case _Tag.RANGE:
                 raise RequestDecodeError("a range is replicated only inside a txn")
         raise AssertionError(f"unhandled tag {tag!r}")
+
+    def text(self) -> str:
+        try:
+            return self.raw().decode()
+        except UnicodeDecodeError as error:
+            raise RequestDecodeError(f"text field is not UTF-8: {error}") from error
+
+    def strings(self) -> tuple[str, ...]:
+        return tuple(self.text() for _ in self.bounded(self.uvarint()))
 
     def bounded(self, count: int) -> range:
         # Every item takes at least one byte: a larger count is malformed.
