@@ -1,1 +1,51 @@
-"""The Python client library and higher-level recipes built on it."""
+"""The Python client library for etcd's v3 API (raftkv speaks it), and recipes on it.
+
+    async with Client(["127.0.0.1:2379"]) as client:
+        await client.put("k", "v")
+        result = await client.get("k")
+
+See docs/client.md.
+"""
+
+from raftkv.client.client import Client, KeptLease
+from raftkv.client.errors import (
+    ClientError,
+    CompactedError,
+    LeaseNotFoundError,
+    NoSpaceError,
+    UnavailableError,
+    WatchCompactedError,
+)
+from raftkv.client.models import (
+    Compare,
+    Event,
+    EventType,
+    KeyValue,
+    Op,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    WatchResponse,
+)
+from raftkv.client.watch import Watch
+
+__all__ = [
+    "Client",
+    "ClientError",
+    "CompactedError",
+    "Compare",
+    "Event",
+    "EventType",
+    "KeptLease",
+    "KeyValue",
+    "LeaseNotFoundError",
+    "NoSpaceError",
+    "Op",
+    "RangeResult",
+    "SortOrder",
+    "SortTarget",
+    "UnavailableError",
+    "Watch",
+    "WatchCompactedError",
+    "WatchResponse",
+]

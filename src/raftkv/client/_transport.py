@@ -1,0 +1,88 @@
+"""Channels and stubs for one endpoint, and the small rules shared by calls and watches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from raftkv.api.etcdpb.etcdserverpb import rpc_pb2_grpc
+from raftkv.api.etcdpb.v3electionpb import v3election_pb2_grpc
+from raftkv.api.etcdpb.v3lockpb import v3lock_pb2_grpc
+from raftkv.limits import (
+    CLIENT_BACKOFF_INITIAL_S,
+    CLIENT_BACKOFF_MAX_S,
+    CLIENT_KEEPALIVE_INTERVAL_MS,
+    CLIENT_KEEPALIVE_TIMEOUT_MS,
+    CLIENT_MAX_RECEIVE_MESSAGE_BYTES,
+    CLIENT_MAX_SEND_MESSAGE_BYTES,
+)
+
+# Asks the member to refuse at once when it has no leader (etcd's WithRequireLeader).
+REQUIRE_LEADER_METADATA = (("hasleader", "true"),)
+
+_CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", CLIENT_MAX_SEND_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", CLIENT_MAX_RECEIVE_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_INTERVAL_MS),
+    ("grpc.keepalive_timeout_ms", CLIENT_KEEPALIVE_TIMEOUT_MS),
+)
+
+
+def backoff_s(attempt: int) -> float:
+    """Pause before retry number `attempt` (1-based)."""
+    assert attempt >= 1
+    return float(min(CLIENT_BACKOFF_MAX_S, CLIENT_BACKOFF_INITIAL_S * 2 ** (attempt - 1)))
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """ "http://127.0.0.1:2379" or "127.0.0.1:2379" -> "127.0.0.1:2379"."""
+    for scheme in ("http://", "https://"):
+        endpoint = endpoint.removeprefix(scheme)
+    return endpoint.rstrip("/")
+
+
+@dataclass(frozen=True, eq=False)
+class Connection:
+    """One channel to one endpoint, with a stub per service."""
+
+    index: int  # position of the endpoint in the client's list
+    endpoint: str
+    channel: grpc.aio.Channel
+    kv: rpc_pb2_grpc.KVAsyncStub
+    watch: rpc_pb2_grpc.WatchAsyncStub
+    lease: rpc_pb2_grpc.LeaseAsyncStub
+    cluster: rpc_pb2_grpc.ClusterAsyncStub
+    maintenance: rpc_pb2_grpc.MaintenanceAsyncStub
+    lock: v3lock_pb2_grpc.LockAsyncStub
+    election: v3election_pb2_grpc.ElectionAsyncStub
+
+
+def open_connection(index: int, endpoint: str) -> Connection:
+    channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+    return Connection(
+        index=index,
+        endpoint=endpoint,
+        channel=channel,
+        kv=rpc_pb2_grpc.KVStub(channel),
+        watch=rpc_pb2_grpc.WatchStub(channel),
+        lease=rpc_pb2_grpc.LeaseStub(channel),
+        cluster=rpc_pb2_grpc.ClusterStub(channel),
+        maintenance=rpc_pb2_grpc.MaintenanceStub(channel),
+        lock=v3lock_pb2_grpc.LockStub(channel),
+        election=v3election_pb2_grpc.ElectionStub(channel),
+    )
+
+
+async def wait_until_ready(channel: grpc.aio.Channel) -> bool:
+    """True once the channel is connected; False as soon as a connect attempt fails."""
+    state = channel.get_state(try_to_connect=True)
+    while state is not grpc.ChannelConnectivity.READY:
+        if state in (
+            grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+            grpc.ChannelConnectivity.SHUTDOWN,
+        ):
+            return False
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
+    return True
