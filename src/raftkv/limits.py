@@ -303,3 +303,29 @@ assert GATEWAY_MAX_CONNECTIONS >= 1
 assert 0 < GATEWAY_READ_TIMEOUT_SECONDS <= GATEWAY_IDLE_TIMEOUT_SECONDS
 assert GATEWAY_HEALTH_TIMEOUT_SECONDS > 0
 assert CONCURRENCY_WATCH_BATCH_EVENTS >= 1
+
+# --- Client API: etcd v3 gRPC services (api/) ---------------------------------
+
+# etcd's grpcOverheadBytes: the gRPC receive limit is --max-request-bytes plus this, so a
+# request a little over the limit still arrives and gets "request is too large".
+API_GRPC_OVERHEAD_BYTES = 512 * KIB
+# What one response may be: etcd's server sends up to math.MaxInt32 (big ranges, watch
+# batches of large values); clientv3 receives as much.
+API_GRPC_MAX_SEND_MESSAGE_BYTES = 2**31 - 1
+# RPCs running at once on one server (watch and keepalive streams included); beyond it
+# gRPC answers RESOURCE_EXHAUSTED. etcd has no such bound.
+API_MAX_CONCURRENT_RPCS = 64 * KIB
+# Watches open on one Watch stream at once; a create beyond it is refused (canceled).
+WATCH_MAX_WATCHERS_PER_STREAM = 4096
+# Control responses (created, canceled, progress) a Watch stream holds for its sender;
+# when full the stream stops reading requests (etcd's ctrlStreamBufLen).
+WATCH_CONTROL_QUEUE_MAX = 128
+# Events taken from one watcher for one response (whole revisions; a single larger
+# revision is sent whole, fragmented if the watch asked for it).
+WATCH_RESPONSE_EVENTS_MAX = 1000
+
+assert API_GRPC_MAX_SEND_MESSAGE_BYTES > MAX_REQUEST_BYTES + API_GRPC_OVERHEAD_BYTES
+assert API_GRPC_MAX_SEND_MESSAGE_BYTES >= SNAPSHOT_CHUNK_BYTES + API_GRPC_OVERHEAD_BYTES
+assert WATCH_MAX_WATCHERS_PER_STREAM >= 1
+assert WATCH_CONTROL_QUEUE_MAX >= 1
+assert WATCH_RESPONSE_EVENTS_MAX >= 1

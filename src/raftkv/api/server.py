@@ -1,0 +1,96 @@
+"""The client-facing gRPC server: etcd's six v3 services over one ``NodeAPI``.
+
+``start_grpc_server`` builds a ``grpc.aio`` server with etcd's transport settings
+(receive limit = --max-request-bytes + 512 KiB, keepalive policy), adds the KV, Watch,
+Lease, Cluster, Maintenance and Auth services (plus whatever ``extra_servicers`` adds,
+e.g. Election and Lock), binds every address and starts it. The caller stops it
+(``await server.stop(grace)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+
+from raftkv import limits
+from raftkv.api.auth import AuthService
+from raftkv.api.cluster import ClusterService
+from raftkv.api.etcdpb.etcdserverpb import rpc_pb2_grpc
+from raftkv.api.kv import KVService
+from raftkv.api.lease import LeaseService
+from raftkv.api.maintenance import MaintenanceService
+from raftkv.api.options import ApiOptions
+from raftkv.api.watch import WatchService
+from raftkv.server.interface import NodeAPI
+
+__all__ = ["ApiOptions", "BoundServer", "start_grpc_server", "start_grpc_server_bound"]
+
+# etcd's server keepalive: ping an idle connection every 2 h, drop it if the ping is not
+# answered within 20 s, and treat client pings more frequent than every 5 s as abuse.
+KEEPALIVE_TIME_MS = 2 * 60 * 60 * 1000
+KEEPALIVE_TIMEOUT_MS = 20 * 1000
+KEEPALIVE_MIN_CLIENT_PING_INTERVAL_MS = 5 * 1000
+
+
+@dataclass(frozen=True)
+class BoundServer:
+    server: grpc.aio.Server
+    ports: list[int]  # the port each listen address got (port 0 picks a free one)
+
+
+def server_options(options: ApiOptions) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", options.max_receive_message_bytes),
+        ("grpc.max_send_message_length", limits.API_GRPC_MAX_SEND_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            KEEPALIVE_MIN_CLIENT_PING_INTERVAL_MS,
+        ),
+        # A busy port must fail the bind, not be shared with another process.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def add_services(server: grpc.aio.Server, node: NodeAPI, options: ApiOptions) -> None:
+    rpc_pb2_grpc.add_KVServicer_to_server(KVService(node, options), server)
+    rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(node, options), server)
+    rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(node), server)
+    rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(node), server)
+    rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(node), server)
+    rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(node), server)
+
+
+async def start_grpc_server_bound(
+    node: NodeAPI,
+    listen_addresses: list[str],
+    options: ApiOptions,
+    extra_servicers: Callable[[grpc.aio.Server], None] | None = None,
+) -> BoundServer:
+    """Like ``start_grpc_server``, and says which port each address got."""
+    assert listen_addresses, "the gRPC server needs at least one listen address"
+    server = grpc.aio.server(
+        options=server_options(options),
+        maximum_concurrent_rpcs=limits.API_MAX_CONCURRENT_RPCS,
+    )
+    add_services(server, node, options)
+    if extra_servicers is not None:
+        extra_servicers(server)
+    ports = [server.add_insecure_port(address) for address in listen_addresses]
+    await server.start()
+    return BoundServer(server, ports)
+
+
+async def start_grpc_server(
+    node: NodeAPI,
+    listen_addresses: list[str],
+    options: ApiOptions,
+    extra_servicers: Callable[[grpc.aio.Server], None] | None = None,
+) -> grpc.aio.Server:
+    """Serve etcd's v3 API for ``node`` on every "host:port" of ``listen_addresses``."""
+    bound = await start_grpc_server_bound(node, listen_addresses, options, extra_servicers)
+    return bound.server
