@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from raftkv.client import Compare, EventType, Op
+from raftkv.client import Compare, Event, EventType, Op
 from raftkv.client.errors import EmptyKeyError
 from raftkv.client.sync import SyncClient
 from tests.etcd_process import EtcdProcess
@@ -41,7 +41,7 @@ def test_sync_watch_is_a_blocking_iterator(etcd: EtcdProcess, prefix: str) -> No
         with client.watch(prefix, prefix=True) as watch:
             client.put(prefix + "a", "1")
             client.delete(prefix + "a")
-            events = []
+            events: list[Event] = []
             for response in watch:
                 events.extend(response.events)
                 if len(events) == 2:

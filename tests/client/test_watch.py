@@ -130,3 +130,17 @@ async def test_several_watches_each_see_only_their_key(etcd: EtcdProcess, prefix
         finally:
             for watch in watches:
                 await watch.cancel()
+
+
+async def test_watch_survives_its_channel_being_retired(etcd: EtcdProcess, prefix: str) -> None:
+    # Two entries for one member: a fail-over moves to a new channel, and the old one is
+    # closed once its grace period (the client's timeout) has passed.
+    async with Client([etcd.endpoint, etcd.endpoint], timeout_s=0.3) as client:
+        async with client.watch(prefix + "k") as watch:
+            first = await client.ready_connection()
+            client.fail_over(first)
+            await asyncio.sleep(0.6)  # the old channel is closed under the open stream
+            put = await client.put(prefix + "k", "after fail-over")
+            (event,) = await next_events(watch, 1)
+        assert event.kv.mod_revision == put.header.revision
+        assert (await client.ready_connection()) is not first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import grpc
@@ -33,6 +34,14 @@ def backoff_s(attempt: int) -> float:
     """Pause before retry number `attempt` (1-based)."""
     assert attempt >= 1
     return float(min(CLIENT_BACKOFF_MAX_S, CLIENT_BACKOFF_INITIAL_S * 2 ** (attempt - 1)))
+
+
+def task_is_cancelling() -> bool:
+    """True if the running task itself is being cancelled. gRPC also raises CancelledError
+    into a call whose channel was closed; that one is a failure of the call, not of the
+    caller."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def normalize_endpoint(endpoint: str) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import suppress
 from functools import partial
 from pathlib import Path
@@ -43,6 +43,7 @@ from raftkv.client._transport import (
     backoff_s,
     normalize_endpoint,
     open_connection,
+    task_is_cancelling,
     wait_until_ready,
 )
 from raftkv.client.errors import (
@@ -53,6 +54,7 @@ from raftkv.client.errors import (
     RetryVerdict,
     UnavailableError,
     error_from_rpc,
+    error_from_status,
     retry_verdict,
 )
 from raftkv.client.models import (
@@ -215,15 +217,20 @@ class Client:
                 continue
             try:
                 return await invoke(connection, timeout_s)
+            except asyncio.CancelledError:
+                if task_is_cancelling() or self._closed:
+                    raise
+                code, details = grpc.StatusCode.CANCELLED, "channel closed under the call"
             except grpc.aio.AioRpcError as rpc_error:
-                failure = error_from_rpc(rpc_error)
-                verdict = retry_verdict(rpc_error.code(), rpc_error.details() or "")
-                if verdict is RetryVerdict.FINAL or (
-                    verdict is RetryVerdict.AMBIGUOUS and not repeatable
-                ):
-                    raise failure from rpc_error
-                self.fail_over(connection)
-                last_error = failure
+                code, details = rpc_error.code(), rpc_error.details() or ""
+            failure = error_from_status(code, details)
+            verdict = retry_verdict(code, details)
+            if verdict is RetryVerdict.FINAL or (
+                verdict is RetryVerdict.AMBIGUOUS and not repeatable
+            ):
+                raise failure
+            self.fail_over(connection)
+            last_error = failure
         assert last_error is not None
         raise last_error
 
@@ -738,7 +745,7 @@ class Client:
         )
         return _convert.key_value(response.kv)
 
-    async def election_observe(self, name: KeyLike) -> AsyncIterator[KeyValue]:
+    async def election_observe(self, name: KeyLike) -> AsyncGenerator[KeyValue, None]:
         """Each leader value of `name` as it changes (from the current endpoint; a stream
         failure ends the iteration with the error)."""
         connection = await self.ready_connection()

@@ -16,7 +16,7 @@ strictly increases across holders, to whatever the lock protects.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -250,7 +250,7 @@ class Election:
             raise ElectionNoLeaderError(f"election {self._prefix!r} has no leader")
         return first.kvs[0]
 
-    async def observe(self) -> AsyncIterator[KeyValue]:
+    async def observe(self) -> AsyncGenerator[KeyValue, None]:
         """Yield the leader's key-value now (once there is one) and at every change: a
         new value proclaimed, or a new leader."""
         while True:

@@ -22,7 +22,7 @@ import grpc
 
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.client import _convert
-from raftkv.client._transport import REQUIRE_LEADER_METADATA, backoff_s
+from raftkv.client._transport import REQUIRE_LEADER_METADATA, backoff_s, task_is_cancelling
 from raftkv.client.errors import (
     ClientError,
     ConnectError,
@@ -128,10 +128,13 @@ class Watch:
         try:
             response = await stream.read()
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if self._canceled and (current is None or not current.cancelling()):
+            if task_is_cancelling():
+                raise
+            if self._canceled:
                 return None  # our own cancel() closed the stream under this read
-            raise
+            # The channel under the stream was closed (a fail-over retired it).
+            self._judge_failure(grpc.StatusCode.CANCELLED, "channel closed", connection)
+            raise _StreamBroken from None
         except grpc.aio.AioRpcError as rpc_error:
             if self._canceled:
                 return None
