@@ -157,8 +157,9 @@ assert MVCC_MAX_MAIN_REVISION >= 2**40
 
 # A Raft message on the wire: an APP holds entries within RAFT_MAX_SIZE_PER_MSG_BYTES (the
 # per-entry overhead counted there covers the encoded entry header), except that one larger
-# entry (at most one request) goes alone; the rest is the header, context and conf state.
-PEER_MAX_MESSAGE_BYTES = RAFT_MAX_SIZE_PER_MSG_BYTES + MAX_REQUEST_BYTES + 64 * KIB
+# entry (one request, up to the highest --max-request-bytes) goes alone; the rest is the
+# header, context and conf state.
+PEER_MAX_MESSAGE_BYTES = RAFT_MAX_SIZE_PER_MSG_BYTES + MAX_REQUEST_BYTES_CEILING + 64 * KIB
 # Entries in one message: an APP's entries each count at least the overhead, and a
 # forwarded PROP holds at most one proposal batch.
 PEER_MAX_ENTRIES_PER_MESSAGE = RAFT_MAX_SIZE_PER_MSG_BYTES // RAFT_ENTRY_OVERHEAD_BYTES
@@ -171,7 +172,8 @@ PEER_MAX_FRAME_BYTES = PEER_MAX_MESSAGE_BYTES + 64
 # (Raft retransmits). The byte bound holds everything Raft's flow control lets out.
 PEER_SEND_QUEUE_MAX = 4096
 PEER_SEND_QUEUE_MAX_BYTES = 64 * MIB
-# One write to a peer's connection carries at most this many bytes of queued frames.
+# One write to a peer's connection carries at most this many bytes of queued frames (a
+# single larger frame goes alone).
 PEER_SEND_BATCH_MAX_BYTES = 4 * MIB
 # Reconnecting to a peer: exponential backoff with jitter between these delays.
 PEER_RECONNECT_BACKOFF_MIN_MS = 50
@@ -195,14 +197,14 @@ PEER_READ_BUFFER_BYTES = 1 * MIB
 # The error text a failed peer request sends back is cut to this.
 PEER_REQUEST_ERROR_TEXT_MAX_BYTES = 1 * KIB
 
-assert PEER_MAX_MESSAGE_BYTES > RAFT_MAX_SIZE_PER_MSG_BYTES + MAX_REQUEST_BYTES
+assert PEER_MAX_MESSAGE_BYTES > RAFT_MAX_SIZE_PER_MSG_BYTES + MAX_REQUEST_BYTES_CEILING
 assert PEER_MAX_ENTRIES_PER_MESSAGE >= RAFT_MAX_ENTRIES_PER_PROPOSAL
 assert PEER_MAX_FRAME_BYTES >= SNAPSHOT_CHUNK_BYTES
 assert PEER_MAX_FRAME_BYTES >= PEER_REQUEST_MAX_BYTES + 8
 assert PEER_MAX_FRAME_BYTES < 2**32  # the frame header stores the length in 32 bits
 assert PEER_SEND_QUEUE_MAX > RAFT_MAX_INFLIGHT_MSGS
 assert PEER_SEND_QUEUE_MAX_BYTES > RAFT_MAX_INFLIGHT_BYTES + PEER_MAX_FRAME_BYTES
-assert PEER_SEND_BATCH_MAX_BYTES >= PEER_MAX_FRAME_BYTES
+assert PEER_SEND_BATCH_MAX_BYTES >= SNAPSHOT_CHUNK_BYTES
 assert 0 < PEER_RECONNECT_BACKOFF_MIN_MS <= PEER_RECONNECT_BACKOFF_MAX_MS
 assert PEER_MAX_PENDING_REQUESTS >= 1
 assert PEER_MAX_INBOUND_CONNECTIONS >= 3  # a peer's stream, request and snapshot connections
