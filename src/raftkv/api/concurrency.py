@@ -25,16 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from raftkv import limits
+from raftkv.api.errors import Context, ServesNode, abort_for, requires_leader
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.api.etcdpb.mvccpb import kv_pb2
 from raftkv.server.apply import LeaseGrantResponse
+from raftkv.server.errors import NoLeaderError
 from raftkv.server.interface import NodeAPI
 from raftkv.server.requests import LeaseGrantRequest
 from raftkv.storage.errors import RequestError
@@ -86,11 +89,35 @@ class MissingLeaderKeyError(ConcurrencyError):
     message = '"leader" field must be provided'
 
 
-async def abort_unknown(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:
+async def abort_unknown(context: Context, error: Exception) -> NoReturn:
     """End the RPC as etcd's Lock/Election servers do: code UNKNOWN, etcd's message."""
     assert isinstance(error, RequestError | ConcurrencyError), f"not a refusal: {error!r}"
     await context.abort(grpc.StatusCode.UNKNOWN, str(error))
     raise AssertionError("context.abort returned")  # abort always raises
+
+
+_S = TypeVar("_S", bound=ServesNode)
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+def handler(
+    method: Callable[[_S, _Request, Context], Awaitable[_Response]],
+) -> Callable[[_S, _Request, Context], Awaitable[_Response]]:
+    """The error path of a Lock or Election RPC: etcd's ``hasleader`` check (its
+    server-wide interceptor, so UNAVAILABLE "etcdserver: no leader"), then every
+    refusal as ``abort_unknown``."""
+
+    @functools.wraps(method)
+    async def serve(self: _S, request: _Request, context: Context) -> _Response:
+        if requires_leader(context) and self.node.status().leader_id == 0:
+            await abort_for(context, NoLeaderError())
+        try:
+            return await method(self, request, context)
+        except (RequestError, ConcurrencyError) as error:
+            await abort_unknown(context, error)
+
+    return serve
 
 
 # --- Conversions ------------------------------------------------------------------------

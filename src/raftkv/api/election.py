@@ -15,28 +15,25 @@ as Lock does; etcd returns a LeaderKey whose key is already gone.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 
 from raftkv.api import concurrency
 from raftkv.api.concurrency import (
-    ConcurrencyError,
     ElectionNoLeaderError,
     ElectionNotLeaderError,
     MissingLeaderKeyError,
     SessionExpiredError,
     WatchWait,
 )
+from raftkv.api.errors import Context
 from raftkv.api.etcdpb.v3electionpb import v3election_pb2, v3election_pb2_grpc
 from raftkv.api.etcdpb.v3lockpb import v3lock_pb2_grpc
 from raftkv.api.lock import LockService
 from raftkv.server.interface import NodeAPI
-from raftkv.storage.errors import RequestError
 from raftkv.storage.mvcc.txn import DeleteRangeRequest, KeyValue, PutRequest, TxnRequest
 from raftkv.storage.mvcc.watchable import EventType, WatchSpec
 
-Context = grpc.aio.ServicerContext[Any, Any]
 Send = Callable[[v3election_pb2.LeaderResponse], Awaitable[None]]
 
 
@@ -182,47 +179,37 @@ def _leader_key(
 
 class ElectionService(v3election_pb2_grpc.ElectionServicer):
     def __init__(self, node: NodeAPI) -> None:
-        self._node = node
+        self.node = node
 
+    @concurrency.handler
     async def Campaign(
         self, request: v3election_pb2.CampaignRequest, context: Context
     ) -> v3election_pb2.CampaignResponse:
-        try:
-            return await campaign(self._node, request.name, request.lease, request.value)
-        except (RequestError, ConcurrencyError) as error:
-            await concurrency.abort_unknown(context, error)
+        return await campaign(self.node, request.name, request.lease, request.value)
 
+    @concurrency.handler
     async def Proclaim(
         self, request: v3election_pb2.ProclaimRequest, context: Context
     ) -> v3election_pb2.ProclaimResponse:
-        try:
-            return await proclaim(self._node, _leader_key(request), request.value)
-        except (RequestError, ConcurrencyError) as error:
-            await concurrency.abort_unknown(context, error)
+        return await proclaim(self.node, _leader_key(request), request.value)
 
+    @concurrency.handler
     async def Leader(
         self, request: v3election_pb2.LeaderRequest, context: Context
     ) -> v3election_pb2.LeaderResponse:
-        try:
-            return await leader(self._node, request.name)
-        except (RequestError, ConcurrencyError) as error:
-            await concurrency.abort_unknown(context, error)
+        return await leader(self.node, request.name)
 
+    @concurrency.handler
     async def Observe(  # type: ignore[override]  # writes through the context
         self, request: v3election_pb2.LeaderRequest, context: Context
     ) -> None:
-        try:
-            await observe(self._node, request.name, context.write)
-        except (RequestError, ConcurrencyError) as error:
-            await concurrency.abort_unknown(context, error)
+        await observe(self.node, request.name, context.write)
 
+    @concurrency.handler
     async def Resign(
         self, request: v3election_pb2.ResignRequest, context: Context
     ) -> v3election_pb2.ResignResponse:
-        try:
-            return await resign(self._node, _leader_key(request))
-        except (RequestError, ConcurrencyError) as error:
-            await concurrency.abort_unknown(context, error)
+        return await resign(self.node, _leader_key(request))
 
 
 def add_election_and_lock(server: grpc.aio.Server, node: NodeAPI) -> None:

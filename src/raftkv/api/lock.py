@@ -9,19 +9,12 @@ the same acquisition (it gets the same key). Lease 0 means a fresh lease of
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
-
 from raftkv.api import concurrency
-from raftkv.api.concurrency import ConcurrencyError
+from raftkv.api.errors import Context
 from raftkv.api.etcdpb.v3lockpb import v3lock_pb2, v3lock_pb2_grpc
 from raftkv.server.interface import NodeAPI
-from raftkv.storage.errors import RequestError
 from raftkv.storage.mvcc.txn import DeleteRangeRequest, DeleteRangeResponse
 from raftkv.storage.mvcc.validation import validate_delete_range
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 async def lock(node: NodeAPI, name: bytes, lease_id: int) -> v3lock_pb2.LockResponse:
@@ -53,20 +46,16 @@ async def unlock(node: NodeAPI, key: bytes) -> v3lock_pb2.UnlockResponse:
 
 class LockService(v3lock_pb2_grpc.LockServicer):
     def __init__(self, node: NodeAPI) -> None:
-        self._node = node
+        self.node = node
 
+    @concurrency.handler
     async def Lock(
         self, request: v3lock_pb2.LockRequest, context: Context
     ) -> v3lock_pb2.LockResponse:
-        try:
-            return await lock(self._node, request.name, request.lease)
-        except (RequestError, ConcurrencyError) as error:
-            await concurrency.abort_unknown(context, error)
+        return await lock(self.node, request.name, request.lease)
 
+    @concurrency.handler
     async def Unlock(
         self, request: v3lock_pb2.UnlockRequest, context: Context
     ) -> v3lock_pb2.UnlockResponse:
-        try:
-            return await unlock(self._node, request.key)
-        except RequestError as error:
-            await concurrency.abort_unknown(context, error)
+        return await unlock(self.node, request.key)
