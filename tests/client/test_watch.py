@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from raftkv.client import Client, EventType, Watch, WatchCompactedError, WatchResponse
 from raftkv.client.models import Event
+from tests.client.etcd_cluster import run_etcd_cluster
 from tests.etcd_process import EtcdProcess
 
 EVENT_WAIT_S = 5.0
@@ -144,3 +146,17 @@ async def test_watch_survives_its_channel_being_retired(etcd: EtcdProcess, prefi
             (event,) = await next_events(watch, 1)
         assert event.kv.mod_revision == put.header.revision
         assert (await client.ready_connection()) is not first
+
+
+async def test_progress_notifications_arrive_on_a_quiet_watch(tmp_path: Path) -> None:
+    fast_progress = ["--experimental-watch-progress-notify-interval=200ms"]
+    with run_etcd_cluster(tmp_path, size=1, extra_args=fast_progress) as cluster:
+        async with Client(cluster.endpoints) as client:
+            written = await client.put("other", "v")
+            async with client.watch("quiet", progress_notify=True) as watch:
+                response = await asyncio.wait_for(anext(watch), EVENT_WAIT_S)
+            assert response.events == ()
+            assert response.revision >= written.header.revision
+            async with client.watch("quiet") as silent:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(anext(silent), 0.6)  # three intervals: nothing

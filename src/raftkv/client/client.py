@@ -832,15 +832,14 @@ class KeptLease:
             interval_s = max(ttl / CLIENT_LEASE_RENEWALS_PER_TTL, CLIENT_LEASE_RENEW_MIN_INTERVAL_S)
             await asyncio.sleep(interval_s)
             sent_at = loop.time()
+            left_s = self._expires_at - sent_at
             try:
-                ttl = await self._client.keepalive_once(self.id)
-            except LeaseNotFoundError:
+                # A renewal still retrying when the lease runs out is too late anyway.
+                ttl = await asyncio.wait_for(self._client.keepalive_once(self.id), max(left_s, 0))
+            except (LeaseNotFoundError, TimeoutError):
                 self._lost.set()
                 return
             except ClientError:
-                if loop.time() >= self._expires_at:
-                    self._lost.set()
-                    return
                 ttl = 0  # retry soon: the cluster may come back before the lease runs out
                 continue
             self._expires_at = sent_at + ttl
