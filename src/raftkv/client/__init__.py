@@ -27,6 +27,8 @@ from raftkv.client.models import (
     SortTarget,
     WatchResponse,
 )
+from raftkv.client.recipes import Election, Lock, Ownership
+from raftkv.client.sync import SyncClient
 from raftkv.client.watch import Watch
 
 __all__ = [
@@ -34,16 +36,20 @@ __all__ = [
     "ClientError",
     "CompactedError",
     "Compare",
+    "Election",
     "Event",
     "EventType",
     "KeptLease",
     "KeyValue",
     "LeaseNotFoundError",
+    "Lock",
     "NoSpaceError",
     "Op",
+    "Ownership",
     "RangeResult",
     "SortOrder",
     "SortTarget",
+    "SyncClient",
     "UnavailableError",
     "Watch",
     "WatchCompactedError",
