@@ -674,7 +674,11 @@ class Client:
                 os.fsync(file.fileno())
             return size
 
-        size = await self.call(download, repeatable=True, timeout_s=timeout_s)
+        try:
+            size = await self.call(download, repeatable=True, timeout_s=timeout_s)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         partial.replace(target)
         return size
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 from raftkv.client.client import Client, KeptLease
 from raftkv.client.errors import (
+    ClientError,
     ElectionNoLeaderError,
     ElectionNotLeaderError,
     LockNotHeldError,
@@ -164,8 +166,10 @@ class Lock:
             await _wait_for_predecessors(self._client, self._prefix, ownership.revision, session)
             await _confirm_still_queued(self._client, ownership, session)
         except BaseException:
-            # Leave the queue: revoking the session deletes our key.
-            await asyncio.shield(session.__aexit__(None, None, None))
+            # Leave the queue: revoking the session deletes our key. If even that fails,
+            # the lease runs out on its own; the original error is the one to report.
+            with suppress(ClientError):
+                await asyncio.shield(session.__aexit__(None, None, None))
             raise
         self._session, self._ownership = session, ownership
         return ownership
@@ -220,7 +224,8 @@ class Election:
             await _wait_for_predecessors(self._client, self._prefix, ownership.revision, session)
             await _confirm_still_queued(self._client, ownership, session)
         except BaseException:
-            await asyncio.shield(self.resign())
+            with suppress(ClientError):  # as in Lock.acquire
+                await asyncio.shield(self.resign())
             raise
         return ownership
 
