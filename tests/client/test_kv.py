@@ -182,6 +182,8 @@ def test_compare_builders_reject_wrong_operand_types() -> None:
         _ = Compare.value("k") == 5
     with pytest.raises(TypeError):
         _ = Compare.version("k") > "1"
+    with pytest.raises(ValueError):
+        Op.get("k", prefix=True, range_end="z")
     assert prefix_range_end(b"a\xff") == b"b"
     assert prefix_range_end(b"\xff\xff") == b"\0"
 

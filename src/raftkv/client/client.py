@@ -108,7 +108,8 @@ class Client:
     ) -> None:
         if isinstance(endpoints, str) or not endpoints:
             raise ValueError("endpoints must be a non-empty sequence of host:port strings")
-        assert timeout_s > 0 and connect_timeout_s > 0
+        if timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
         self.endpoints = tuple(normalize_endpoint(endpoint) for endpoint in endpoints)
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s

@@ -29,7 +29,8 @@ def prefix_range_end(prefix: bytes) -> bytes:
 
 def resolve_range(key: KeyLike, range_end: KeyLike | None, prefix: bool) -> tuple[bytes, bytes]:
     """(key, range_end) bytes for the request; an empty prefix selects all keys."""
-    assert not (prefix and range_end is not None), "give either prefix=True or range_end"
+    if prefix and range_end is not None:
+        raise ValueError("give either prefix=True or range_end, not both")
     key_bytes = to_bytes(key)
     if prefix:
         if not key_bytes:
