@@ -123,6 +123,11 @@ class Gateway:
                     idle_timeout_seconds=limits.GATEWAY_IDLE_TIMEOUT_SECONDS,
                 )
             )
+        except asyncio.CancelledError:
+            # Only close() cancels a connection; ending quietly keeps asyncio's server
+            # callback from logging the cancellation as an error.
+            if not self._closing:
+                raise
         finally:
             self._connections.discard(task)
 

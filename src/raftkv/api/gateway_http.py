@@ -28,6 +28,9 @@ _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (/[\x21-\x7e]*) HTTP/(\d)\.(\d)
 _HEADER_NAME = re.compile(_TOKEN)
 # Field values: visible ASCII, obs-text, spaces and tabs (no other control characters).
 _HEADER_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+# What a request line (or its start) may contain: visible ASCII and spaces, and a CR
+# that only a LF may follow.
+_REQUEST_LINE_BYTES = re.compile(rb"[\x20-\x7e]*\r?")
 _DIGITS = re.compile(rb"[0-9]{1,19}")
 
 
@@ -146,6 +149,7 @@ class Connection:
         return Request(method, path, query, headers, body, keep_alive)
 
     async def _read_head(self) -> bytes:
+        checked = 0  # the buffer is known to hold no bad bytes before this offset
         while True:
             end = self._buffer.find(b"\r\n\r\n")
             if end >= 0:
@@ -156,12 +160,28 @@ class Connection:
                 return head
             if len(self._buffer) > self._max_header_bytes:
                 break
+            # Refuse what can never become a request at once (garbage, a TLS hello,
+            # bare LF line ends) rather than wait for a head end that never comes.
+            self._check_partial_head(checked)
+            checked = max(len(self._buffer) - 1, 0)
             if not await self._fill():
                 raise HttpError(HTTPStatus.BAD_REQUEST, "connection closed inside the request head")
         raise HttpError(
             HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
             f"request head larger than {self._max_header_bytes} bytes",
         )
+
+    def _check_partial_head(self, start: int) -> None:
+        buffer = self._buffer
+        line_feed = buffer.find(b"\n", start)
+        while line_feed >= 0:
+            if line_feed == 0 or buffer[line_feed - 1] != 0x0D:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "line ends must be CRLF")
+            line_feed = buffer.find(b"\n", line_feed + 1)
+        first_line_end = buffer.find(b"\r\n")
+        request_line = buffer if first_line_end < 0 else buffer[:first_line_end]
+        if _REQUEST_LINE_BYTES.fullmatch(request_line) is None:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "malformed request line")
 
     async def _read_body(self, length: int) -> bytes:
         while len(self._buffer) < length:
