@@ -508,10 +508,11 @@ def test_health_reports_alarms_unless_excluded(full: FullServer) -> None:
 # --- Metadata ---------------------------------------------------------------------------
 
 
-class _TokenEcho:
-    """A stand-in KV server that answers Range with the token metadata it got."""
+class _FakeMember:
+    """A stand-in gRPC server: Range answers with the token metadata it got; Snapshot
+    sends ``snapshot_messages`` messages and then fails with UNAVAILABLE."""
 
-    def __init__(self) -> None:
+    def __init__(self, snapshot_messages: int) -> None:
         self.server = grpc.aio.server()
 
         async def range_call(request: rpc_pb2.RangeRequest, context: Any) -> Any:
@@ -519,35 +520,110 @@ class _TokenEcho:
             token = metadata.get("token", "<none>")
             return rpc_pb2.RangeResponse(kvs=[{"key": request.key, "value": token.encode()}])
 
-        handler = grpc.unary_unary_rpc_method_handler(
-            range_call,
-            request_deserializer=rpc_pb2.RangeRequest.FromString,
-            response_serializer=rpc_pb2.RangeResponse.SerializeToString,
-        )
+        async def snapshot_call(request: rpc_pb2.SnapshotRequest, context: Any) -> None:
+            for index in range(snapshot_messages):
+                await context.write(rpc_pb2.SnapshotResponse(blob=bytes([index])))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "member went away")
+
+        kv = {
+            "Range": grpc.unary_unary_rpc_method_handler(
+                range_call,
+                request_deserializer=rpc_pb2.RangeRequest.FromString,
+                response_serializer=rpc_pb2.RangeResponse.SerializeToString,
+            )
+        }
+        maintenance = {
+            "Snapshot": grpc.unary_stream_rpc_method_handler(
+                snapshot_call,
+                request_deserializer=rpc_pb2.SnapshotRequest.FromString,
+                response_serializer=rpc_pb2.SnapshotResponse.SerializeToString,
+            )
+        }
         self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("etcdserverpb.KV", {"Range": handler}),)
+            (
+                grpc.method_handlers_generic_handler("etcdserverpb.KV", kv),
+                grpc.method_handlers_generic_handler("etcdserverpb.Maintenance", maintenance),
+            )
         )
 
 
-def test_authorization_header_is_the_token_metadata(full: FullServer) -> None:
-    async def start() -> tuple[Any, Any]:
-        echo = _TokenEcho()
-        port = echo.server.add_insecure_port("127.0.0.1:0")
-        await echo.server.start()
-        gateway = await start_gateway(["127.0.0.1:0"], f"127.0.0.1:{port}", 1024)
-        return echo, gateway
+@pytest.fixture
+def fake_gateway(full: FullServer) -> Iterator[Callable[[int], str]]:
+    """Start a gateway in front of a _FakeMember; the gateway's base URL."""
+    started: list[tuple[Any, Any]] = []
 
-    echo, gateway = full.call(start())
+    async def start(snapshot_messages: int) -> tuple[Any, Any]:
+        fake = _FakeMember(snapshot_messages)
+        port = fake.server.add_insecure_port("127.0.0.1:0")
+        await fake.server.start()
+        gateway = await start_gateway(["127.0.0.1:0"], f"127.0.0.1:{port}", 1024)
+        return fake, gateway
+
+    def make(snapshot_messages: int) -> str:
+        fake, gateway = full.call(start(snapshot_messages))
+        started.append((fake, gateway))
+        return f"http://127.0.0.1:{gateway.ports[0]}"
+
     try:
-        url = f"http://127.0.0.1:{gateway.ports[0]}"
-        headers = {"Authorization": "secret-token"}
-        reply = request(url, "/v3/kv/range", {"key": b64("k")}, headers=headers)
-        assert base64.b64decode(reply.json["kvs"][0]["value"]) == b"secret-token"
-        reply = request(url, "/v3/kv/range", {"key": b64("k")})
-        assert base64.b64decode(reply.json["kvs"][0]["value"]) == b"<none>"
+        yield make
     finally:
-        full.call(gateway.close())
-        full.call(echo.server.stop(0))
+        for fake, gateway in started:
+            full.call(gateway.close())
+            full.call(fake.server.stop(0))
+
+
+def test_authorization_header_is_the_token_metadata(fake_gateway: Callable[[int], str]) -> None:
+    url = fake_gateway(0)
+    headers = {"Authorization": "secret-token"}
+    reply = request(url, "/v3/kv/range", {"key": b64("k")}, headers=headers)
+    assert base64.b64decode(reply.json["kvs"][0]["value"]) == b"secret-token"
+    reply = request(url, "/v3/kv/range", {"key": b64("k")})
+    assert base64.b64decode(reply.json["kvs"][0]["value"]) == b"<none>"
+
+
+def test_stream_failing_before_its_first_message_answers_like_a_unary_call(
+    fake_gateway: Callable[[int], str],
+) -> None:
+    reply = request(fake_gateway(0), "/v3/maintenance/snapshot", {})
+    assert reply.status == 503
+    assert reply.json == {"error": "member went away", "code": 14, "message": "member went away"}
+
+
+def test_stream_failing_later_ends_with_an_error_chunk(fake_gateway: Callable[[int], str]) -> None:
+    port = int(fake_gateway(2).rsplit(":", 1)[1])
+    stream = ChunkedStream(port, "/v3/maintenance/snapshot", b"{}")
+    try:
+        assert stream.status_line == "HTTP/1.1 200 OK"
+        assert [stream.message()["result"]["blob"] for _ in range(2)] == [b64(b"\0"), b64(b"\1")]
+        assert stream.message() == {
+            "error": {
+                "grpc_code": 14,
+                "http_code": 503,
+                "message": "member went away",
+                "http_status": "Service Unavailable",
+            }
+        }
+        assert stream.chunk() == b""
+    finally:
+        stream.close()
+
+
+def test_client_leaving_cancels_a_waiting_lock(full: FullServer) -> None:
+    holder = int(post(full, "/v3/lease/grant", {"TTL": "30"})["ID"])
+    waiter = post(full, "/v3/lease/grant", {"TTL": "30"})["ID"]
+    held = post(full, "/v3/lock/lock", {"name": b64("bye"), "lease": str(holder)})["key"]
+    body = json.dumps({"name": b64("bye"), "lease": waiter}).encode()
+    head = f"POST /v3/lock/lock HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", full.gateway_port), timeout=TIMEOUT_S) as sock:
+        sock.sendall(head.encode() + body)
+        wait_until(lambda: full.watcher_count() == 1, "the HTTP locker waits")
+    wait_until(lambda: full.watcher_count() == 0, "the abandoned Lock call was canceled")
+
+    def queued() -> list[str]:
+        prefix = {"key": b64("bye/"), "range_end": b64("bye0"), "keys_only": True}
+        return [kv["key"] for kv in post(full, "/v3/kv/range", prefix).get("kvs", [])]
+
+    wait_until(lambda: queued() == [held], "the abandoned waiter left the queue")
 
 
 # --- etcd3gw ----------------------------------------------------------------------------
