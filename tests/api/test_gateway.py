@@ -365,6 +365,9 @@ def test_garbage_closes_the_connection_and_the_server_still_serves(
     assert post(full, "/v3/kv/put", {"key": b64("still"), "value": b64("ok")})["header"]
 
 
+TWO_LENGTHS = b"Content-Length: 1\r\nContent-Length: 2\r\n"
+
+
 def head_status(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
@@ -376,6 +379,7 @@ def head_status(answer: bytes) -> int:
         (b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n", 413),
         (b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
         (b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n", 400),
+        (b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\n" + TWO_LENGTHS + b"\r\n", 400),
         (b"POST /v3/kv/range HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400),  # no Host
         (b"POST /v3/kv/range HTTP/2.0\r\nHost: x\r\n\r\n", 505),
         (b"POST /v3/kv/range HTTP/1.1\nHost: x\n\n", 400),  # bare LF ends no line
@@ -391,6 +395,7 @@ def head_status(answer: bytes) -> int:
         "too-long",
         "negative-length",
         "two-lengths",
+        "two-length-fields",
         "no-host",
         "http2",
         "bare-lf",
