@@ -325,9 +325,31 @@ WATCH_CONTROL_QUEUE_MAX = 128
 # Events taken from one watcher for one response (whole revisions; a single larger
 # revision is sent whole, fragmented if the watch asked for it).
 WATCH_RESPONSE_EVENTS_MAX = 1000
+# Bytes of one watch response made of several revisions: a larger batch is split at
+# revision boundaries (a single larger revision still goes whole), so a catching-up
+# watcher fits gRPC's default 4 MiB receive limit. etcd sends the batch in one response.
+WATCH_RESPONSE_MAX_BYTES = 1 * MIB
 
 assert API_GRPC_MAX_SEND_MESSAGE_BYTES > MAX_REQUEST_BYTES + API_GRPC_OVERHEAD_BYTES
 assert API_GRPC_MAX_SEND_MESSAGE_BYTES >= SNAPSHOT_CHUNK_BYTES + API_GRPC_OVERHEAD_BYTES
 assert WATCH_MAX_WATCHERS_PER_STREAM >= 1
 assert WATCH_CONTROL_QUEUE_MAX >= 1
 assert WATCH_RESPONSE_EVENTS_MAX >= 1
+assert WATCH_RESPONSE_MAX_BYTES < 4 * MIB  # gRPC's default receive limit
+
+# --- Server (server/node.py) -------------------------------------------------
+
+# Proposals are refused with "too many requests" while more committed entries than this
+# wait to be applied (etcd's maxGapBetweenApplyAndCommitIndex).
+SERVER_MAX_APPLY_BACKLOG_ENTRIES = 5000
+# Queued proposals handed to Raft in one propose_batch call.
+SERVER_MAX_PROPOSALS_PER_BATCH = 1024
+# Learners a cluster may have at once (etcd's default --max-learners).
+SERVER_MAX_LEARNERS = 1
+# How often the member publishes attributes, syncs lagging watchers and checks compaction.
+SERVER_HOUSEKEEPING_INTERVAL_MS = 100
+# Entries kept in the log after a snapshot, so a slightly lagging follower catches up
+# from the log rather than a snapshot (etcd's SnapshotCatchUpEntries).
+SNAPSHOT_CATCHUP_ENTRIES = 5000
+
+assert SERVER_MAX_PROPOSALS_PER_BATCH <= RAFT_MAX_ENTRIES_PER_PROPOSAL

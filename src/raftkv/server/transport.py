@@ -305,6 +305,13 @@ class _Peer:
         return batch
 
 
+def _same_cluster(remote: int, local: int) -> bool:
+    """Cluster ids must match, except that a member joining an existing cluster does not
+    know the id until the leader's snapshot arrives: 0 on either side is accepted then.
+    (Raft itself ignores a member outside the configuration.)"""
+    return remote == local or remote == 0 or local == 0
+
+
 def _hex(member_id: int) -> str:
     return f"{member_id:x}"
 
@@ -596,7 +603,9 @@ class Transport:
                         f"{connection.address} closed the connection during the handshake "
                         "(a cluster ID mismatch? its log says)"
                     ) from None
-            if reply.cluster_id != self.cluster_id or reply.member_id != peer.member_id:
+            if not _same_cluster(reply.cluster_id, self.cluster_id) or (
+                reply.member_id != peer.member_id
+            ):
                 raise PeerProtocolError(
                     f"{connection.address} is member {_hex(reply.member_id)} of cluster "
                     f"{_hex(reply.cluster_id)}, expected member {_hex(peer.member_id)} of "
@@ -793,7 +802,7 @@ class Transport:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str
     ) -> None:
         hello = await self._read_handshake(reader)
-        if hello.cluster_id != self.cluster_id:
+        if not _same_cluster(hello.cluster_id, self.cluster_id):
             raise PeerProtocolError(
                 f"cluster ID mismatch: local {_hex(self.cluster_id)}, "
                 f"remote {_hex(hello.cluster_id)} (member {_hex(hello.member_id)})"

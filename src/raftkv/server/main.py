@@ -1,0 +1,98 @@
+"""`raftkv serve`: run one member until SIGTERM/SIGINT, then shut down cleanly.
+
+Startup order: the member (storage, Raft, peer transport), then the gRPC services on
+the client URLs, then the JSON gateway on --listen-client-http-urls. Shutdown runs in
+reverse, so no client request reaches a stopped member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from raftkv.server.config import ServerConfig
+from raftkv.server.node import Node
+
+log = logging.getLogger("raftkv.serve")
+
+_LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "panic": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+
+
+def serve(config: ServerConfig) -> int:
+    logging.basicConfig(
+        level=_LOG_LEVELS.get(config.log_level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_serve(config))
+    return uvloop.run(_serve(config))
+
+
+def _addresses(urls: tuple[str, ...] | list[str]) -> list[str]:
+    return [url.split("://", 1)[-1].rstrip("/") for url in urls]
+
+
+async def _serve(config: ServerConfig) -> int:
+    from raftkv.api.election import add_election_and_lock
+    from raftkv.api.gateway import start_gateway
+    from raftkv.api.server import ApiOptions, start_grpc_server
+
+    node = Node(config)
+    try:
+        await node.start()
+    except Exception as error:
+        log.critical("cannot start: %s", error)
+        return EXIT_FATAL
+    options = ApiOptions(max_request_bytes=config.max_request_bytes, max_txn_ops=config.max_txn_ops)
+    client_addresses = _addresses(config.listen_client_urls)
+
+    def extra(server: object) -> None:
+        add_election_and_lock(server, node)  # type: ignore[arg-type]
+
+    grpc_server = await start_grpc_server(node, client_addresses, options, extra_servicers=extra)
+    gateway = None
+    if config.listen_client_http_urls and config.enable_grpc_gateway:
+        gateway = await start_gateway(
+            _addresses(config.listen_client_http_urls),
+            grpc_target=client_addresses[0],
+            max_request_bytes=config.max_request_bytes,
+        )
+    log.info(
+        "serving gRPC on %s%s",
+        ", ".join(config.listen_client_urls),
+        f", JSON gateway on {', '.join(config.listen_client_http_urls)}" if gateway else "",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    stopped = asyncio.ensure_future(node.wait_stopped())
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([stopped, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    log.info("shutting down")
+    if gateway is not None:
+        await gateway.close()
+    await grpc_server.stop(grace=1.0)
+    await node.stop()
+    fatal = await node.wait_stopped()
+    stopped.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopped
+    return EXIT_FATAL if fatal is not None else EXIT_OK

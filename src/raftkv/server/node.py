@@ -1,0 +1,1025 @@
+"""One running member: the Ready loop on asyncio, joining the pure core to disk and network.
+
+Data flow (docs/architecture.md has the long form):
+
+* ``propose`` encodes a request, parks a future under a fresh request id and queues the
+  bytes; the loop hands every queued proposal to Raft in one ``propose_batch``.
+* The Ready loop persists each Ready (WAL write + one fsync for the whole Ready), sends
+  its messages, applies committed entries in one backend batch (``Applier``), resolves the
+  futures of this member's requests by id, serves ReadIndex answers once applied, and
+  calls ``advance``.
+* ``read_barrier`` coalesces concurrent linearizable reads into one ReadIndex request.
+* A tick task drives Raft time and the leader's lease duties (expiry, checkpoints).
+
+Everything here runs on one event loop; the core is never touched from another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import shutil
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from raftkv import limits
+from raftkv.raft import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    EntryType,
+    Message,
+    MessageType,
+    ProposalDropped,
+    RaftConfig,
+    RawNode,
+    ReadIndexDropped,
+    Ready,
+    StateType,
+)
+from raftkv.raft.messages import Entry, Snapshot
+from raftkv.server import errors
+from raftkv.server.apply import Applier, Response, Result, conf_change_context
+from raftkv.server.config import ServerConfig
+from raftkv.server.interface import Header, Member, NodeStatus
+from raftkv.server.peer_rpc import PeerCall, PeerReply, decode_call, decode_reply, encode_call
+from raftkv.server.requests import (
+    AlarmAction,
+    AlarmRequest,
+    LeaseCheckpointRequest,
+    LeaseGrantRequest,
+    LeaseRevokeRequest,
+    MemberAttributesRequest,
+    MemberUpdateRequest,
+    Request,
+    decode,
+    encode,
+)
+from raftkv.server.transport import Transport
+from raftkv.storage.alarm import AlarmStore, AlarmType, QuotaGuard
+from raftkv.storage.backend import Backend
+from raftkv.storage.disk import OsDisk
+from raftkv.storage.errors import LeaseNotFoundError, NoSpaceError, RequestError
+from raftkv.storage.lease import Lessor
+from raftkv.storage.lease.lessor import NotPrimaryError, TimeToLive
+from raftkv.storage.members import MemberRecord, MemberStore, cluster_id_for, member_id_for
+from raftkv.storage.mvcc import CompactionRequest, KVStore, PutRequest, TxnRequest
+from raftkv.storage.mvcc.watchable import WatchHub
+from raftkv.storage.raft_storage import RaftPersistence
+
+log = logging.getLogger("raftkv.node")
+
+ETCD_API_VERSION = "3.5.0"
+_READ_CONTEXT = struct.Struct(">Q")
+
+
+@dataclass
+class _ReadBatch:
+    """Linearizable reads that share one ReadIndex request."""
+
+    context: bytes
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    issued_tick: int = 0
+    read_index: int = 0  # known once the leader answered
+
+
+class Node:
+    """A raftkv member. ``await start()``, serve through the NodeAPI methods, ``await stop()``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.member_dir = os.path.join(config.data_dir, "member")
+        self.ticks_per_second = max(1, 1000 // config.heartbeat_interval_ms)
+        self.election_ticks = max(2, config.election_timeout_ms // config.heartbeat_interval_ms)
+        self.request_timeout_s = 5.0 + 2 * config.election_timeout_ms / 1000
+        self.rng = random.Random(os.urandom(16))
+        self.member_id = member_id_for(
+            config.initial_advertise_peer_urls, config.initial_cluster_token
+        )
+        self.cluster_id = 0
+        self.now_tick = 0
+        self._request_prefix = self.rng.getrandbits(31) << 32
+        self._request_counter = 0
+        self._pending: dict[int, asyncio.Future[Result]] = {}
+        self._proposal_queue: list[bytes] = []
+        self._read_batches: list[_ReadBatch] = []
+        self._next_read_batch: _ReadBatch | None = None
+        self._waiting_apply: list[tuple[int, asyncio.Future[None]]] = []
+        self._pending_revokes: set[int] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        self._fatal: BaseException | None = None
+        self._snapshot_index = 0
+        self._snapshot_sends: set[int] = set()
+        self._published = False
+        self.removed = False
+
+    # -- Startup ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        os.makedirs(self.member_dir, exist_ok=True)
+        disk = OsDisk()
+        existed = RaftPersistence.exists(disk, self.member_dir)
+        self.backend = Backend(os.path.join(self.member_dir, "db"), sync=False)
+        self.member_store = MemberStore(self.backend)
+        if existed:
+            self.persistence = RaftPersistence.open(disk, self.member_dir)
+            self._recover_backend_from_snapshot()
+        elif self.config.initial_cluster_state == "new":
+            self.persistence = self._bootstrap_new_cluster(disk)
+        else:
+            self.persistence = RaftPersistence.create_empty(disk, self.member_dir)
+        self._open_state_machine()
+        self.cluster_id = self.member_store.cluster_id
+        snapshot_index = self.persistence.storage.snapshot().metadata.index
+        self._snapshot_index = snapshot_index
+        raft_config = RaftConfig(
+            id=self.member_id,
+            election_ticks=self.election_ticks,
+            heartbeat_ticks=1,
+            applied=snapshot_index,
+            rng=self.rng,
+        )
+        raft_config.validate()
+        self.rawnode = RawNode(raft_config, self.persistence.storage)
+        await self._start_transport()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._ready_loop(), name="ready-loop"),
+            loop.create_task(self._tick_loop(), name="tick-loop"),
+            loop.create_task(self._housekeeping_loop(), name="housekeeping"),
+        ]
+        self._wake.set()
+        log.info(
+            "member %x started (cluster %x, applied %d, data %s)",
+            self.member_id,
+            self.cluster_id,
+            snapshot_index,
+            self.config.data_dir,
+        )
+
+    def _bootstrap_new_cluster(self, disk: OsDisk) -> RaftPersistence:
+        token = self.config.initial_cluster_token
+        records = [
+            MemberRecord(member_id_for(urls, token), name, tuple(urls), ())
+            for name, urls in sorted(self.config.initial_cluster.items())
+        ]
+        cluster_id = cluster_id_for([record.id for record in records], token)
+        assert self.member_id in {record.id for record in records}, "config validation"
+        with self.backend.write() as batch:
+            for record in records:
+                self.member_store.put(batch, record)
+            self.member_store.set_cluster_id(batch, cluster_id)
+        self.backend.flush()
+        conf_state = ConfState(voters=frozenset(record.id for record in records))
+        return RaftPersistence.bootstrap(disk, self.member_dir, conf_state)
+
+    def _snap_db_path(self, index: int) -> str:
+        return os.path.join(self.member_dir, "snap", f"{index:016x}.snap.db")
+
+    def _recover_backend_from_snapshot(self) -> None:
+        """A crash between saving a received snapshot and installing its backend copy:
+        the WAL starts after the snapshot, so the backend must catch up from the file."""
+        snapshot_index = self.persistence.storage.snapshot().metadata.index
+        if self.backend.consistent_index().index >= snapshot_index:
+            return
+        path = self._snap_db_path(snapshot_index)
+        if not os.path.exists(path):
+            raise RuntimeError(
+                f"backend {self.backend.directory} is at index "
+                f"{self.backend.consistent_index().index}, behind the snapshot at "
+                f"{snapshot_index}, and {path} is missing: cannot recover"
+            )
+        self._install_backend_file(path)
+
+    def _open_state_machine(self) -> None:
+        self.lessor = Lessor(self.ticks_per_second, self.election_ticks)
+        lessor = self.lessor
+
+        def lease_exists(lease_id: int) -> bool:
+            return lessor.lookup(lease_id) is not None
+
+        quota_bytes = min(self.config.quota_backend_bytes, self.backend.map_size_bytes)
+        self.kv = KVStore(
+            self.backend, lease_checker=lease_exists, quota_bytes=quota_bytes, leases=lessor
+        )
+        orphans = self.lessor.restore(self.backend, self.kv.keys_with_leases())
+        if orphans:
+            raise RuntimeError(
+                f"backend {self.backend.directory}: {len(orphans)} keys carry leases that do "
+                f"not exist (first: {orphans[0]!r}); the backend is corrupt"
+            )
+        self.alarms = AlarmStore(self.backend)
+        self.quota = QuotaGuard(self.backend, quota_bytes, self.alarms)
+        self.member_store.load()
+        self.applier = Applier(
+            self.backend,
+            self.kv,
+            self.lessor,
+            self.alarms,
+            self.member_id,
+            quota=self.quota,
+            members=self.member_store,
+        )
+        if not hasattr(self, "watch_hub"):
+            self.watch_hub = WatchHub(self.kv)
+        else:
+            self.watch_hub.rebind(self.kv)
+
+    async def _start_transport(self) -> None:
+        host, port = _host_port(self.config.listen_peer_urls[0])
+        self.transport = Transport(
+            member_id=self.member_id,
+            cluster_id=self.cluster_id,
+            listen_host=host,
+            listen_port=port,
+            on_message=self._on_peer_message,
+            on_snapshot=self._on_peer_snapshot,
+            on_request=self._on_peer_request,
+            snapshot_dir=os.path.join(self.member_dir, "snap"),
+            on_unreachable=self._on_unreachable,
+        )
+        await self.transport.start()
+        self._sync_transport_peers()
+        if not self.member_store.all():
+            # Joining an existing cluster: reach the members named in --initial-cluster
+            # until the leader's snapshot brings the real member table.
+            token = self.config.initial_cluster_token
+            for urls in self.config.initial_cluster.values():
+                peer_id = member_id_for(urls, token)
+                if peer_id != self.member_id:
+                    self.transport.add_peer(peer_id, list(urls))
+
+    def _sync_transport_peers(self) -> None:
+        wanted = {m.id: m for m in self.member_store.all() if m.id != self.member_id}
+        for member_id in set(self.transport.peer_ids()) - set(wanted):
+            self.transport.remove_peer(member_id)
+        for member_id, member in wanted.items():
+            self.transport.update_peer(member_id, list(member.peer_urls))
+
+    # -- Shutdown -----------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.transport.stop()
+        self._fail_everything(errors.StoppedError())
+        self.persistence.close()
+        self.backend.flush()
+        self.backend.close()
+        self._stopped.set()
+        log.info("member %x stopped", self.member_id)
+
+    async def wait_stopped(self) -> BaseException | None:
+        """Wait until the member stops (e.g. removed, or a fatal error); the error, if any."""
+        await self._stopped.wait()
+        return self._fatal
+
+    def _fail_everything(self, error: RequestError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        for batch in [*self._read_batches, *([self._next_read_batch] if self._next_read_batch else [])]:
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+        self._read_batches.clear()
+        self._next_read_batch = None
+        for _, waiter in self._waiting_apply:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._waiting_apply.clear()
+
+    def _die(self, error: BaseException) -> None:
+        """A fatal error (disk failure, corruption, a broken invariant): stop serving."""
+        if self._fatal is None:
+            self._fatal = error
+            log.critical("member %x stopping on a fatal error: %r", self.member_id, error)
+        asyncio.get_running_loop().create_task(self.stop())
+
+    # -- NodeAPI: identity --------------------------------------------------------------
+
+    @property
+    def raft_term(self) -> int:
+        return self.rawnode.raft.term
+
+    @property
+    def leader_id(self) -> int:
+        return self.rawnode.raft.lead
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rawnode.raft.state is StateType.LEADER
+
+    def header(self, revision: int | None = None) -> Header:
+        current = self.kv.current_revision if revision is None else revision
+        return Header(self.cluster_id, self.member_id, current, self.raft_term)
+
+    # -- NodeAPI: writes ----------------------------------------------------------------
+
+    async def propose(self, request: Request) -> Response:
+        self._check_serving()
+        request = self._prepare(request)
+        request_id = self._new_request_id()
+        data = encode(request_id, request, self.config.max_request_bytes)
+        result = await self._replicate(request_id, data)
+        if isinstance(result, RequestError):
+            raise result
+        return result
+
+    def _prepare(self, request: Request) -> Request:
+        """Checks made before proposing: the quota (etcd checks it here, not at apply,
+        because the backend size differs between members) and the apply backlog."""
+        status = self.rawnode.raft
+        if status.log.committed - status.log.applied > limits.SERVER_MAX_APPLY_BACKLOG_ENTRIES:
+            raise errors.TooManyRequestsError()
+        if isinstance(request, PutRequest | TxnRequest):
+            try:
+                self.kv.check_quota(request)
+            except NoSpaceError:
+                self._raise_nospace_alarm()
+                raise
+        if isinstance(request, LeaseGrantRequest) and request.id == 0:
+            return LeaseGrantRequest(self.lessor.next_lease_id(self.rng), request.ttl_seconds)
+        return request
+
+    def _raise_nospace_alarm(self) -> None:
+        if self.alarms.is_active(AlarmType.NOSPACE):
+            return
+        alarm = AlarmRequest(AlarmAction.ACTIVATE, self.member_id, AlarmType.NOSPACE)
+        self._propose_internal(alarm)
+
+    def _new_request_id(self) -> int:
+        self._request_counter += 1
+        return self._request_prefix | (self._request_counter & 0xFFFFFFFF)
+
+    async def _replicate(self, request_id: int, data: bytes) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        self._proposal_queue.append(data)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(future, self.request_timeout_s)
+        except TimeoutError:
+            raise self._timeout_error() from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def _timeout_error(self) -> RequestError:
+        if self.leader_id == 0:
+            return errors.NoLeaderError()
+        return errors.RequestTimeoutError()
+
+    def _propose_internal(self, request: Request) -> None:
+        """A proposal nobody waits for (lease revokes, checkpoints, alarms)."""
+        self._proposal_queue.append(encode(self._new_request_id(), request))
+        self._wake.set()
+
+    def _check_serving(self) -> None:
+        if self._stopping:
+            raise errors.StoppedError()
+
+    # -- NodeAPI: linearizable reads ----------------------------------------------------
+
+    async def read_barrier(self) -> None:
+        self._check_serving()
+        if self._next_read_batch is None:
+            self._request_counter += 1
+            context = _READ_CONTEXT.pack(self._request_prefix | self._request_counter)
+            self._next_read_batch = _ReadBatch(context)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._next_read_batch.waiters.append(waiter)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(waiter, self.request_timeout_s)
+        except TimeoutError:
+            raise self._timeout_error() from None
+
+    def _issue_reads(self) -> None:
+        batch = self._next_read_batch
+        if batch is None:
+            return
+        self._next_read_batch = None
+        batch.issued_tick = self.now_tick
+        self._read_batches.append(batch)
+        self._send_read_index(batch)
+
+    def _send_read_index(self, batch: _ReadBatch) -> None:
+        try:
+            self.rawnode.read_index(batch.context)
+        except ReadIndexDropped as error:
+            log.debug("read index dropped (%s); retried on the next tick", error)
+
+    def _retry_stale_reads(self) -> None:
+        """ReadIndex requests may be lost (leader change, dropped forward): ask again."""
+        for batch in self._read_batches:
+            if batch.read_index == 0 and self.now_tick - batch.issued_tick >= self.election_ticks:
+                batch.issued_tick = self.now_tick
+                self._send_read_index(batch)
+
+    def _on_read_states(self, ready: Ready) -> None:
+        for state in ready.read_states:
+            for batch in self._read_batches:
+                if batch.context == state.context and batch.read_index == 0:
+                    batch.read_index = state.index
+        self._serve_reads()
+
+    def _serve_reads(self) -> None:
+        applied = self.rawnode.raft.log.applied
+        remaining: list[_ReadBatch] = []
+        for batch in self._read_batches:
+            waiters_alive = [w for w in batch.waiters if not w.done()]
+            if not waiters_alive:
+                continue
+            if batch.read_index and batch.read_index <= applied:
+                for waiter in waiters_alive:
+                    waiter.set_result(None)
+                continue
+            remaining.append(batch)
+        self._read_batches = remaining
+        still_waiting: list[tuple[int, asyncio.Future[None]]] = []
+        for index, waiter in self._waiting_apply:
+            if waiter.done():
+                continue
+            if index <= applied:
+                waiter.set_result(None)
+            else:
+                still_waiting.append((index, waiter))
+        self._waiting_apply = still_waiting
+
+    # -- NodeAPI: leases ----------------------------------------------------------------
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        self._check_serving()
+        if self.is_leader:
+            return self._renew_locally(lease_id)
+        reply = await self._call_leader(PeerCall("keepalive", lease_id))
+        return reply.ttl_seconds
+
+    def _renew_locally(self, lease_id: int) -> int:
+        try:
+            renewal = self.lessor.renew(lease_id, self.now_tick)
+        except NotPrimaryError:
+            raise errors.NotLeaderError() from None
+        if renewal.clear_checkpoint:
+            self._propose_internal(LeaseCheckpointRequest(((lease_id, 0),)))
+        return renewal.ttl_seconds
+
+    async def lease_time_to_live(self, lease_id: int, keys: bool) -> TimeToLive:
+        self._check_serving()
+        if self.is_leader:
+            return self._time_to_live_locally(lease_id, keys)
+        reply = await self._call_leader(PeerCall("ttl", lease_id, keys=keys))
+        return TimeToLive(reply.ttl_seconds, reply.granted_ttl_seconds, list(reply.keys))
+
+    def _time_to_live_locally(self, lease_id: int, keys: bool) -> TimeToLive:
+        try:
+            return self.lessor.time_to_live(lease_id, self.now_tick, keys)
+        except NotPrimaryError:
+            raise errors.NotLeaderError() from None
+
+    async def _call_leader(self, call: PeerCall) -> PeerReply:
+        deadline = time.monotonic() + self.request_timeout_s
+        while True:
+            leader = self.leader_id
+            if leader == 0 or leader == self.member_id:
+                if time.monotonic() > deadline:
+                    raise errors.NoLeaderError()
+                await asyncio.sleep(self.config.heartbeat_interval_ms / 1000)
+                if self.is_leader:
+                    return self._serve_peer_call(call)
+                continue
+            payload = await self.transport.request(
+                leader, encode_call(call), timeout_s=max(0.1, deadline - time.monotonic())
+            )
+            reply = decode_reply(payload)
+            if reply.error is not None:
+                raise reply.error
+            return reply
+
+    async def _on_peer_request(self, from_id: int, payload: bytes) -> bytes:
+        try:
+            call = decode_call(payload)
+            reply = self._serve_peer_call(call)
+        except RequestError as error:
+            return PeerReply(error=error).encode()
+        return reply.encode()
+
+    def _serve_peer_call(self, call: PeerCall) -> PeerReply:
+        if not self.is_leader:
+            raise errors.NotLeaderError()
+        if call.kind == "keepalive":
+            return PeerReply(ttl_seconds=self._renew_locally(call.lease_id))
+        if call.kind == "ttl":
+            ttl = self._time_to_live_locally(call.lease_id, call.keys)
+            return PeerReply(
+                ttl_seconds=ttl.ttl_seconds,
+                granted_ttl_seconds=ttl.granted_ttl_seconds,
+                keys=tuple(ttl.keys),
+            )
+        raise errors.NotLeaderError(f"etcdserver: unknown peer call {call.kind!r}")
+
+    # -- NodeAPI: membership ------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        return [
+            Member(m.id, m.name, m.peer_urls, m.client_urls, m.is_learner)
+            for m in self.member_store.all()
+        ]
+
+    async def member_add(self, peer_urls: list[str], is_learner: bool) -> Member:
+        for url in peer_urls:
+            _check_peer_url(url)
+            if self.member_store.by_peer_url(url) is not None:
+                raise errors.PeerURLExistsError()
+        member_id = member_id_for(peer_urls, self.config.initial_cluster_token)
+        if self.member_store.get(member_id) is not None:
+            raise errors.MemberIDExistsError()
+        learners = [m for m in self.member_store.all() if m.is_learner]
+        if is_learner and len(learners) >= limits.SERVER_MAX_LEARNERS:
+            raise errors.TooManyLearnersError()
+        record = MemberRecord(member_id, "", tuple(peer_urls), (), is_learner)
+        kind = ConfChangeType.ADD_LEARNER if is_learner else ConfChangeType.ADD_NODE
+        await self._change_membership(kind, member_id, record)
+        return Member(member_id, "", tuple(peer_urls), (), is_learner)
+
+    async def member_remove(self, member_id: int) -> None:
+        if self.member_store.get(member_id) is None:
+            raise errors.MemberNotFoundError()
+        await self._change_membership(ConfChangeType.REMOVE_NODE, member_id, None)
+
+    async def member_promote(self, member_id: int) -> None:
+        member = self.member_store.get(member_id)
+        if member is None:
+            raise errors.MemberNotFoundError()
+        if not member.is_learner:
+            raise errors.MemberNotLearnerError()
+        self._check_learner_ready(member_id)
+        await self._change_membership(ConfChangeType.ADD_NODE, member_id, member)
+
+    def _check_learner_ready(self, member_id: int) -> None:
+        """etcd promotes a learner only once its log is within 90% of the leader's."""
+        if not self.is_leader:
+            raise errors.NotLeaderError()
+        progress = self.rawnode.raft.tracker.progress.get(member_id)
+        leader_match = self.rawnode.raft.log.last_index()
+        if progress is None or progress.match < 0.9 * leader_match:
+            raise errors.LearnerNotReadyError()
+
+    async def member_update(self, member_id: int, peer_urls: list[str]) -> None:
+        if self.member_store.get(member_id) is None:
+            raise errors.MemberNotFoundError()
+        for url in peer_urls:
+            _check_peer_url(url)
+            owner = self.member_store.by_peer_url(url)
+            if owner is not None and owner.id != member_id:
+                raise errors.PeerURLExistsError()
+        await self.propose(MemberUpdateRequest(member_id, tuple(peer_urls)))
+
+    async def _change_membership(
+        self, kind: ConfChangeType, member_id: int, record: MemberRecord | None
+    ) -> None:
+        self._check_serving()
+        if not self.is_leader:
+            raise errors.NotLeaderError(
+                "etcdserver: not leader (send membership changes to the leader)"
+            )
+        request_id = self._new_request_id()
+        change = ConfChange(kind, member_id, conf_change_context(request_id, record))
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            try:
+                self.rawnode.propose_conf_change(change)
+            except ProposalDropped as error:
+                raise errors.UnhealthyClusterError(
+                    f"etcdserver: re-configuration failed: {error}"
+                ) from None
+            self._wake.set()
+            result = await asyncio.wait_for(future, self.request_timeout_s)
+        except TimeoutError:
+            raise self._timeout_error() from None
+        finally:
+            self._pending.pop(request_id, None)
+        if isinstance(result, RequestError):
+            raise result
+
+    # -- NodeAPI: maintenance -----------------------------------------------------------
+
+    def status(self) -> NodeStatus:
+        raft = self.rawnode.raft
+        alarms = tuple(
+            f"memberID:{alarm.member_id} alarm:{AlarmType(alarm.alarm).name}"
+            for alarm in self.alarms.get()
+        )
+        return NodeStatus(
+            version=ETCD_API_VERSION,
+            db_size_bytes=self.backend.size_bytes(),
+            db_size_in_use_bytes=self.backend.size_in_use_bytes(),
+            db_size_quota_bytes=self.quota.quota_bytes,
+            leader_id=raft.lead,
+            raft_index=raft.log.last_index(),
+            raft_term=raft.term,
+            raft_applied_index=raft.log.applied,
+            is_learner=self.member_id in raft.tracker.learners,
+            errors=alarms,
+        )
+
+    async def move_leader(self, target_id: int) -> None:
+        if not self.is_leader:
+            raise errors.NotLeaderError()
+        if target_id not in self.rawnode.raft.tracker.voters:
+            raise errors.BadLeaderTransfereeError()
+        if target_id == self.member_id:
+            return
+        self.rawnode.transfer_leader(target_id)
+        self._wake.set()
+        deadline = time.monotonic() + self.request_timeout_s
+        while self.leader_id != target_id:
+            if time.monotonic() > deadline:
+                raise errors.RequestTimeoutError()
+            await asyncio.sleep(self.config.heartbeat_interval_ms / 1000)
+
+    async def defragment(self) -> None:
+        # Stop-the-world for this member, as in etcd: the loop is not serving meanwhile.
+        self.backend.defragment()
+
+    async def snapshot_chunks(self) -> AsyncIterator[tuple[bytes, int]]:
+        directory = os.path.join(self.member_dir, f"snapshot-save-{self.rng.getrandbits(32):08x}")
+        self.backend.copy_to(directory)
+        path = os.path.join(directory, "data.mdb")
+        try:
+            total = os.path.getsize(path)
+            sent = 0
+            with open(path, "rb") as handle:
+                while True:
+                    chunk = handle.read(limits.SNAPSHOT_CHUNK_BYTES)
+                    if not chunk:
+                        break
+                    sent += len(chunk)
+                    yield chunk, total - sent
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    async def wait_applied(self, index: int) -> None:
+        if self.rawnode.raft.log.applied >= index:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting_apply.append((index, waiter))
+        await asyncio.wait_for(waiter, self.request_timeout_s)
+
+    # -- Peer input ---------------------------------------------------------------------
+
+    def _on_peer_message(self, message: Message) -> None:
+        if self._stopping:
+            return
+        try:
+            self.rawnode.step(message)
+        except Exception as error:  # a peer's bad message must not stop the member
+            log.warning("dropped %s from %x: %r", message.type.name, message.frm, error)
+            return
+        self._wake.set()
+
+    async def _on_peer_snapshot(self, message: Message, path: str) -> None:
+        assert message.snapshot is not None
+        target = self._snap_db_path(message.snapshot.metadata.index)
+        os.replace(path, target)
+        _fsync_directory(os.path.dirname(target))
+        self._on_peer_message(message)
+
+    def _on_unreachable(self, member_id: int) -> None:
+        if not self._stopping:
+            self.rawnode.report_unreachable(member_id)
+
+    # -- The Ready loop -----------------------------------------------------------------
+
+    async def _ready_loop(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self._feed_raft()
+                while self.rawnode.has_ready():
+                    self._handle_ready(self.rawnode.ready())
+                # Let the API tasks run before the next round: they queue the next batch.
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            self._die(error)
+
+    def _feed_raft(self) -> None:
+        queue, self._proposal_queue = self._proposal_queue, []
+        for chunk in _proposal_batches(queue):
+            try:
+                self.rawnode.propose_batch(chunk)
+            except ProposalDropped as error:
+                self._fail_dropped(chunk, error)
+        self._issue_reads()
+
+    def _fail_dropped(self, chunk: list[bytes], reason: ProposalDropped) -> None:
+        error: RequestError
+        error = errors.NoLeaderError() if self.leader_id == 0 else errors.LeaderChangedError()
+        log.debug("proposals dropped: %s", reason)
+        for data in chunk:
+            request_id, _ = decode(data)
+            future = self._pending.get(request_id)
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    def _handle_ready(self, ready: Ready) -> None:
+        if ready.soft_state is not None:
+            self._on_soft_state(ready)
+        self._send(ready.messages)
+        self.persistence.save(ready)
+        if ready.must_sync and not self.config.unsafe_no_fsync:
+            self.persistence.sync()
+        self.persistence.apply_to_memory(ready)
+        self._send(ready.persisted_messages)
+        if ready.snapshot is not None:
+            self._install_snapshot(ready.snapshot)
+        if ready.committed_entries:
+            self._apply(ready.committed_entries)
+        self.rawnode.advance(ready)
+        self._on_read_states(ready)
+        self._maybe_snapshot()
+
+    def _on_soft_state(self, ready: Ready) -> None:
+        assert ready.soft_state is not None
+        if ready.soft_state.state is not StateType.LEADER and self.lessor.is_primary:
+            self.lessor.demote()
+            self._pending_revokes.clear()
+        log.info(
+            "member %x: %s, leader %x, term %d",
+            self.member_id,
+            ready.soft_state.state.name.lower(),
+            ready.soft_state.lead,
+            self.rawnode.raft.term,
+        )
+
+    def _send(self, messages: list[Message]) -> None:
+        regular: list[Message] = []
+        for message in messages:
+            if message.type is MessageType.SNAP:
+                self._send_snapshot(message)
+            else:
+                regular.append(message)
+        if regular:
+            self.transport.send(regular)
+
+    def _send_snapshot(self, message: Message) -> None:
+        """The core's snapshot carries only metadata; the state is this member's backend,
+        copied now (it is at least as new as the snapshot: the receiver skips the rest)."""
+        if message.to in self._snapshot_sends:
+            return
+        self._snapshot_sends.add(message.to)
+        directory = os.path.join(self.member_dir, f"snapshot-send-{message.to:016x}")
+        shutil.rmtree(directory, ignore_errors=True)
+        self.backend.copy_to(directory)
+        path = os.path.join(directory, "data.mdb")
+
+        async def stream() -> None:
+            failed = True
+            try:
+                failed = not await self.transport.send_snapshot(message, path)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+                self._snapshot_sends.discard(message.to)
+                if not self._stopping:
+                    self.rawnode.report_snapshot(message.to, failed)
+                    self._wake.set()
+
+        asyncio.get_running_loop().create_task(stream())
+
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        index = snapshot.metadata.index
+        if self.backend.consistent_index().index >= index:
+            return  # our backend already holds it (e.g. a restart replayed the marker)
+        path = self._snap_db_path(index)
+        if not os.path.exists(path):
+            raise RuntimeError(f"snapshot {index} received without its backend file {path}")
+        self._install_backend_file(path)
+        self._open_state_machine()
+        self._sync_transport_peers()
+        self.cluster_id = self.member_store.cluster_id
+        self.transport.set_cluster_id(self.cluster_id)
+        self._snapshot_index = index
+        log.info("member %x installed the snapshot at index %d", self.member_id, index)
+
+    def _install_backend_file(self, path: str) -> None:
+        directory = self.backend.directory
+        self.backend.close()
+        target = os.path.join(directory, "data.mdb")
+        shutil.copyfile(path, target + ".tmp")
+        with open(target + ".tmp", "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(target + ".tmp", target)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, "lock.mdb"))
+        _fsync_directory(directory)
+        self.backend = Backend(directory, sync=False)
+        self.member_store = MemberStore(self.backend)
+
+    def _apply(self, entries: list[Entry]) -> None:
+        results = dict(self.applier.apply(entries, self.now_tick))
+        raft_applied = self.rawnode.raft.log.applied
+        promote = False
+        for entry in entries:
+            if entry.type is EntryType.CONF_CHANGE:
+                if entry.index > raft_applied:
+                    self._apply_conf_change(entry)
+            elif not entry.data and entry.term == self.raft_term and self.is_leader:
+                promote = True
+        for request_id, result in results.items():
+            future = self._pending.get(request_id)
+            if future is not None and not future.done():
+                future.set_result(result)
+        if promote and not self.lessor.is_primary:
+            self.lessor.promote(self.now_tick)
+        self._note_applied_revokes(entries)
+
+    def _note_applied_revokes(self, entries: list[Entry]) -> None:
+        if not self._pending_revokes:
+            return
+        for entry in entries:
+            if entry.type is EntryType.NORMAL and entry.data:
+                _, request = decode(entry.data)
+                if isinstance(request, LeaseRevokeRequest):
+                    self._pending_revokes.discard(request.id)
+
+    def _apply_conf_change(self, entry: Entry) -> None:
+        change = ConfChange.decode(entry.data)
+        self.rawnode.apply_conf_change(change)
+        if change.node_id == self.member_id and change.type is ConfChangeType.REMOVE_NODE:
+            self.removed = True
+            log.warning("member %x was removed from the cluster; stopping", self.member_id)
+            asyncio.get_running_loop().call_later(1.0, self._stop_soon)
+        if self.transport is not None:
+            self._sync_transport_peers()
+
+    def _stop_soon(self) -> None:
+        asyncio.get_running_loop().create_task(self.stop())
+
+    def _maybe_snapshot(self) -> None:
+        applied = self.rawnode.raft.log.applied
+        if applied - self._snapshot_index < self.config.snapshot_count:
+            return
+        # The backend becomes durable first: the WAL up to the snapshot is released next.
+        self.backend.flush()
+        conf_state = self.rawnode.raft.tracker.conf_state()
+        keep = min(limits.SNAPSHOT_CATCHUP_ENTRIES, self.config.snapshot_count)
+        self.persistence.compact(applied, conf_state, b"", keep)
+        self._snapshot_index = applied
+        log.info("member %x snapshot at index %d", self.member_id, applied)
+
+    # -- Time ---------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        interval_s = self.config.heartbeat_interval_ms / 1000
+        next_at = time.monotonic()
+        try:
+            while True:
+                next_at += interval_s
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                self.now_tick += 1
+                self.rawnode.tick()
+                self._lease_duties()
+                self._retry_stale_reads()
+                self._wake.set()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            self._die(error)
+
+    def _lease_duties(self) -> None:
+        lessor = self.lessor
+        if not lessor.is_primary:
+            return
+        limit = lessor.expired_limit(len(self._pending_revokes))
+        for lease_id in lessor.expired(self.now_tick, limit):
+            self._propose_internal(LeaseRevokeRequest(lease_id))
+            self._pending_revokes.add(lease_id)
+        points = lessor.checkpoints(self.now_tick, limits.LEASE_CHECKPOINT_BATCH_MAX)
+        if points:
+            pairs = tuple((p.lease_id, p.remaining_ttl_seconds) for p in points)
+            self._propose_internal(LeaseCheckpointRequest(pairs))
+
+    async def _housekeeping_loop(self) -> None:
+        """Slow duties: publish our attributes, catch up unsynced watchers, compaction."""
+        compactor = AutoCompactor(self.config)
+        try:
+            while True:
+                await asyncio.sleep(limits.SERVER_HOUSEKEEPING_INTERVAL_MS / 1000)
+                self.watch_hub.sync_unsynced()
+                if not self._published and self.leader_id != 0:
+                    self._publish_attributes()
+                if self.is_leader:
+                    revision = compactor.due(time.monotonic(), self.kv.current_revision)
+                    if revision is not None and revision > self.kv.compacted_revision:
+                        self._propose_internal(CompactionRequest(revision))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            self._die(error)
+
+    def _publish_attributes(self) -> None:
+        record = self.member_store.get(self.member_id)
+        urls = tuple(self.config.advertise_client_urls)
+        if record is not None and record.name == self.config.name and record.client_urls == urls:
+            self._published = True
+            return
+        if record is None:
+            return  # joining: the snapshot with our record has not arrived yet
+        self._propose_internal(MemberAttributesRequest(self.member_id, self.config.name, urls))
+
+
+class AutoCompactor:
+    """etcd's --auto-compaction-mode/--auto-compaction-retention, on the leader.
+
+    periodic: keep about ``retention`` seconds of history (revisions sampled every
+    tenth of the window, compacting to the sample one window old); revision: keep the
+    last ``retention`` revisions, checked every 5 minutes like etcd."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.mode = config.auto_compaction_mode
+        self.retention_seconds = config.auto_compaction_retention_seconds
+        self.retention_revisions = config.auto_compaction_retention_revisions
+        self._samples: list[tuple[float, int]] = []
+        self._last_check_s = 0.0
+
+    def due(self, now_s: float, current_revision: int) -> int | None:
+        if self.mode == "revision":
+            if self.retention_revisions <= 0 or now_s - self._last_check_s < 300:
+                return None
+            self._last_check_s = now_s
+            keep_from = current_revision - self.retention_revisions
+            return keep_from if keep_from > 0 else None
+        if self.retention_seconds <= 0:
+            return None
+        window = self.retention_seconds
+        if not self._samples or now_s - self._samples[-1][0] >= window / 10:
+            self._samples.append((now_s, current_revision))
+        target: int | None = None
+        while self._samples and now_s - self._samples[0][0] >= window:
+            target = self._samples.pop(0)[1]
+        return target
+
+
+def _proposal_batches(queue: list[bytes]) -> list[list[bytes]]:
+    """Split queued proposals into batches a follower can forward in one message: at most
+    SERVER_MAX_PROPOSALS_PER_BATCH entries and RAFT_MAX_SIZE_PER_MSG_BYTES (a larger single
+    proposal goes alone)."""
+    batches: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = 0
+    for data in queue:
+        too_many = len(current) >= limits.SERVER_MAX_PROPOSALS_PER_BATCH
+        if current and (too_many or size + len(data) > limits.RAFT_MAX_SIZE_PER_MSG_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(data)
+        size += len(data)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    rest = url.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _check_peer_url(url: str) -> None:
+    try:
+        if not url.startswith("http://"):
+            raise ValueError(url)
+        _host_port(url)
+    except ValueError:
+        raise errors.InvalidPeerURLError() from None
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["ETCD_API_VERSION", "AutoCompactor", "Node"]
