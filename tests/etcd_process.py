@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +108,9 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def run_etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
-    """Start etcd with its data and log under tmp_path; stop it (process group) on exit."""
+def run_etcd(tmp_path: Path, extra_flags: Sequence[str] = ()) -> Iterator[EtcdProcess]:
+    """Start etcd with its data and log under tmp_path (and ``extra_flags``, e.g.
+    ``["--max-txn-ops", "4"]``); stop it (process group) on exit."""
     client_url = f"http://127.0.0.1:{free_port()}"
     peer_url = f"http://127.0.0.1:{free_port()}"
     etcd = EtcdProcess(client_url, peer_url, client_url.removeprefix("http://"))
@@ -117,7 +118,7 @@ def run_etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
     log_path = tmp_path / "etcd.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            _etcd_command(data_dir, client_url, peer_url),
+            [*_etcd_command(data_dir, client_url, peer_url), *extra_flags],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
