@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -108,16 +107,10 @@ def _run_serve(argv: list[str]) -> int:
         return EXIT_BAD_CONFIG
     for warning in config.warnings:
         print(f"raftkv serve: warning: {warning}", file=sys.stderr)
-    try:
-        # Imported lazily: the server is heavy, and the rest of the CLI must not need it.
-        server_main = importlib.import_module("raftkv.server.main")
-    except ModuleNotFoundError as error:
-        if error.name != "raftkv.server.main":
-            raise
-        print("raftkv serve: the server (raftkv.server.main) is not built yet", file=sys.stderr)
-        return EXIT_NOT_IMPLEMENTED
-    exit_code: int = server_main.serve(config)
-    return exit_code
+    # Imported lazily: the server is heavy, and the rest of the CLI must not need it.
+    from raftkv.server.main import serve
+
+    return serve(config)
 
 
 def _run_up(args: argparse.Namespace) -> int:
