@@ -23,6 +23,7 @@ from raftkv.api.kv import KVService
 from raftkv.api.lease import LeaseService
 from raftkv.api.maintenance import MaintenanceService
 from raftkv.api.options import ApiOptions
+from raftkv.api.request_decoding import UndecodableRequestInterceptor
 from raftkv.api.watch import WatchService
 from raftkv.server.interface import NodeAPI
 
@@ -76,6 +77,8 @@ async def start_grpc_server_bound(
     server = grpc.aio.server(
         options=server_options(options),
         maximum_concurrent_rpcs=limits.API_MAX_CONCURRENT_RPCS,
+        # Undecodable requests get grpc-go's INTERNAL refusal, not grpcio's UNKNOWN.
+        interceptors=[UndecodableRequestInterceptor()],
     )
     add_services(server, node, options)
     if extra_servicers is not None:
