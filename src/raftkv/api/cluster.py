@@ -9,7 +9,16 @@ from __future__ import annotations
 from raftkv.api import convert
 from raftkv.api.errors import Context, unary
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from raftkv.server.errors import InvalidPeerURLError
 from raftkv.server.interface import NodeAPI
+
+
+def _check_some_peer_urls(peer_urls: list[str]) -> list[str]:
+    """etcd refuses an empty URL list (``types.NewURLs``); a member without URLs cannot be
+    reached, and the transport refuses to know one."""
+    if not peer_urls:
+        raise InvalidPeerURLError()
+    return peer_urls
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
@@ -24,7 +33,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberAdd(
         self, request: rpc_pb2.MemberAddRequest, context: Context
     ) -> rpc_pb2.MemberAddResponse:
-        added = await self._node.member_add(list(request.peerURLs), request.isLearner)
+        peer_urls = _check_some_peer_urls(list(request.peerURLs))
+        added = await self._node.member_add(peer_urls, request.isLearner)
         return rpc_pb2.MemberAddResponse(
             header=self._header(), member=convert.member(added), members=self._members()
         )
@@ -40,7 +50,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberUpdate(
         self, request: rpc_pb2.MemberUpdateRequest, context: Context
     ) -> rpc_pb2.MemberUpdateResponse:
-        await self._node.member_update(request.ID, list(request.peerURLs))
+        await self._node.member_update(request.ID, _check_some_peer_urls(list(request.peerURLs)))
         return rpc_pb2.MemberUpdateResponse(header=self._header(), members=self._members())
 
     @unary
