@@ -11,13 +11,20 @@ from raftkv.api.errors import Context, unary
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from raftkv.server.errors import InvalidPeerURLError
 from raftkv.server.interface import NodeAPI
+from raftkv.server.transport import parse_peer_url
 
 
-def _check_some_peer_urls(peer_urls: list[str]) -> list[str]:
-    """etcd refuses an empty URL list (``types.NewURLs``); a member without URLs cannot be
-    reached, and the transport refuses to know one."""
+def _check_peer_urls(peer_urls: list[str]) -> list[str]:
+    """Refuse what the peer transport could not dial, before it is committed: applying a
+    member with no URL, or one the transport cannot parse (``http://localhost:99999``),
+    would stop every member. etcd refuses an empty list too (``types.NewURLs``)."""
     if not peer_urls:
         raise InvalidPeerURLError()
+    for url in peer_urls:
+        try:
+            parse_peer_url(url)
+        except ValueError:
+            raise InvalidPeerURLError() from None
     return peer_urls
 
 
@@ -33,7 +40,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberAdd(
         self, request: rpc_pb2.MemberAddRequest, context: Context
     ) -> rpc_pb2.MemberAddResponse:
-        peer_urls = _check_some_peer_urls(list(request.peerURLs))
+        peer_urls = _check_peer_urls(list(request.peerURLs))
         added = await self._node.member_add(peer_urls, request.isLearner)
         return rpc_pb2.MemberAddResponse(
             header=self._header(), member=convert.member(added), members=self._members()
@@ -50,7 +57,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberUpdate(
         self, request: rpc_pb2.MemberUpdateRequest, context: Context
     ) -> rpc_pb2.MemberUpdateResponse:
-        await self._node.member_update(request.ID, _check_some_peer_urls(list(request.peerURLs)))
+        await self._node.member_update(request.ID, _check_peer_urls(list(request.peerURLs)))
         return rpc_pb2.MemberUpdateResponse(header=self._header(), members=self._members())
 
     @unary
