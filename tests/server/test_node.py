@@ -29,7 +29,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _config(root: Path, name: str, cluster: dict[str, tuple[str, ...]], **extra: object) -> ServerConfig:
+def _config(
+    root: Path, name: str, cluster: dict[str, tuple[str, ...]], **extra: object
+) -> ServerConfig:
     fields: dict[str, object] = {
         "name": name,
         "data_dir": str(root / name),

@@ -60,11 +60,11 @@ from raftkv.server.requests import (
     decode,
     encode,
 )
-from raftkv.server.transport import Transport
+from raftkv.server.transport import Transport, parse_peer_url
 from raftkv.storage.alarm import AlarmStore, AlarmType, QuotaGuard
 from raftkv.storage.backend import Backend
 from raftkv.storage.disk import OsDisk
-from raftkv.storage.errors import LeaseNotFoundError, NoSpaceError, RequestError
+from raftkv.storage.errors import NoSpaceError, RequestError
 from raftkv.storage.lease import Lessor
 from raftkv.storage.lease.lessor import NotPrimaryError, TimeToLive
 from raftkv.storage.members import MemberRecord, MemberStore, cluster_id_for, member_id_for
@@ -262,7 +262,12 @@ class Node:
         for member_id in set(self.transport.peer_ids()) - set(wanted):
             self.transport.remove_peer(member_id)
         for member_id, member in wanted.items():
-            self.transport.update_peer(member_id, list(member.peer_urls))
+            try:
+                self.transport.update_peer(member_id, list(member.peer_urls))
+            except ValueError as error:
+                # A committed record is replicated state: refusing it here would stop every
+                # member on every restart. The member is unreachable until MemberUpdate.
+                log.error("member %x has peer URLs we cannot dial: %s", member_id, error)
 
     # -- Shutdown -----------------------------------------------------------------------
 
@@ -294,7 +299,10 @@ class Node:
             if not future.done():
                 future.set_exception(error)
         self._pending.clear()
-        for batch in [*self._read_batches, *([self._next_read_batch] if self._next_read_batch else [])]:
+        batches = list(self._read_batches)
+        if self._next_read_batch is not None:
+            batches.append(self._next_read_batch)
+        for batch in batches:
             for waiter in batch.waiters:
                 if not waiter.done():
                     waiter.set_exception(error)
@@ -543,6 +551,8 @@ class Node:
         ]
 
     async def member_add(self, peer_urls: list[str], is_learner: bool) -> Member:
+        if not peer_urls:
+            raise errors.InvalidPeerURLError()
         for url in peer_urls:
             _check_peer_url(url)
             if self.member_store.by_peer_url(url) is not None:
@@ -584,6 +594,8 @@ class Node:
     async def member_update(self, member_id: int, peer_urls: list[str]) -> None:
         if self.member_store.get(member_id) is None:
             raise errors.MemberNotFoundError()
+        if not peer_urls:
+            raise errors.InvalidPeerURLError()
         for url in peer_urls:
             _check_peer_url(url)
             owner = self.member_store.by_peer_url(url)
@@ -1007,9 +1019,7 @@ def _host_port(url: str) -> tuple[str, int]:
 
 def _check_peer_url(url: str) -> None:
     try:
-        if not url.startswith("http://"):
-            raise ValueError(url)
-        _host_port(url)
+        parse_peer_url(url)
     except ValueError:
         raise errors.InvalidPeerURLError() from None
 
