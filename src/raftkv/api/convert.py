@@ -8,7 +8,7 @@ that before a request is proposed.
 
 Responses follow what etcd puts on the wire: the top-level header is the member's
 (cluster id, member id, revision, raft term); a txn's range, put and delete responses
-carry a header with only the revision, and a nested txn's response has none.
+carry a header with only the revision, and a nested txn's response an empty one.
 """
 
 from __future__ import annotations
@@ -220,7 +220,9 @@ def response_op(response: ResponseOp) -> rpc_pb2.ResponseOp:
                 response_delete_range=delete_range_response(response, revision_only)
             )
         case TxnResponse():
-            return rpc_pb2.ResponseOp(response_txn=txn_response(response, None))
+            # etcd sends a nested txn's header present but empty.
+            empty = rpc_pb2.ResponseHeader()
+            return rpc_pb2.ResponseOp(response_txn=txn_response(response, empty))
     raise AssertionError(f"not a txn response op: {response!r}")
 
 
