@@ -50,9 +50,9 @@ class KVService(rpc_pb2_grpc.KVServicer):
 
     @unary
     async def Put(self, request: rpc_pb2.PutRequest, context: Context) -> rpc_pb2.PutResponse:
-        self._check_size(request.ByteSize())
         put = convert.put_request(request)
         validate_put(put)
+        self._check_size(request.ByteSize())
         response = await self._node.propose(put)
         assert isinstance(response, PutResponse), f"a put answered {response!r}"
         return convert.put_response(response, self._header(response.revision))
@@ -61,9 +61,9 @@ class KVService(rpc_pb2_grpc.KVServicer):
     async def DeleteRange(
         self, request: rpc_pb2.DeleteRangeRequest, context: Context
     ) -> rpc_pb2.DeleteRangeResponse:
-        self._check_size(request.ByteSize())
         delete = convert.delete_range_request(request)
         validate_delete_range(delete)
+        self._check_size(request.ByteSize())
         response = await self._node.propose(delete)
         assert isinstance(response, DeleteRangeResponse), f"a delete answered {response!r}"
         return convert.delete_range_response(response, self._header(response.revision))
@@ -74,7 +74,6 @@ class KVService(rpc_pb2_grpc.KVServicer):
         op_count = max(len(request.compare), len(request.success), len(request.failure))
         if op_count > self._options.max_txn_ops:
             raise TooManyOpsError()
-        self._check_size(request.ByteSize())
         txn = convert.txn_request(request)
         validate_txn(txn, self._options.max_txn_ops)
         if is_txn_read_only(txn):
@@ -82,6 +81,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
                 await self._node.read_barrier()
             response = self._node.kv.read_txn(txn)
         else:
+            self._check_size(request.ByteSize())  # etcd checks the size of proposals only
             proposed = await self._node.propose(txn)
             assert isinstance(proposed, TxnResponse), f"a txn answered {proposed!r}"
             response = proposed
@@ -100,8 +100,9 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return convert.header(self._node.header(revision))
 
     def _check_size(self, request_bytes: int) -> None:
-        """etcd refuses a request whose encoding exceeds --max-request-bytes (it measures
-        the raft request, a few bytes more; ``node.propose`` checks that bound too)."""
+        """etcd refuses a proposal whose encoding exceeds --max-request-bytes, after the
+        request's own checks (it measures the raft request, a few bytes more;
+        ``node.propose`` checks that bound too)."""
         if request_bytes > self._options.max_request_bytes:
             raise RequestTooLargeError()
 

@@ -48,9 +48,7 @@ INVALID_WATCH_ID = -1
 # etcd's mvcc errors, sent as the cancel reason of a refused create.
 WATCHER_RANGE_EMPTY = "mvcc: watcher range is empty"
 WATCHER_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
-TOO_MANY_WATCHERS = (
-    f"raftkv: too many watchers on this stream (at most {limits.WATCH_MAX_WATCHERS_PER_STREAM})"
-)
+TOO_MANY_WATCHERS = "raftkv: too many watchers on this stream (at most {limit})"
 # etcd adds up to this fraction of the interval as jitter, so watchers created together
 # do not get their notifications together.
 PROGRESS_JITTER_FRACTION = 0.1
@@ -165,16 +163,36 @@ class WatchStream:
             self._ready[watch] = None  # behind the others: streams share the sender fairly
         if batch.compact_revision > 0:
             return [self._compacted(watch, batch)]
-        response = rpc_pb2.WatchResponse(
-            header=self._header(batch.revision),
-            watch_id=watch.watch_id,
-            events=[convert.event(event) for event in batch.events],
-        )
         if batch.events:
             watch.progress_wanted = False
+        responses = self._event_responses(watch.watch_id, batch)
         if watch.fragment:
-            return fragments(response, self._fragment_limit_bytes)
-        return [response]
+            return [
+                piece
+                for whole in responses
+                for piece in fragments(whole, self._fragment_limit_bytes)
+            ]
+        return responses
+
+    def _event_responses(self, watch_id: int, batch: WatchBatch) -> list[rpc_pb2.WatchResponse]:
+        """The batch as one response, or split at revision boundaries into responses of
+        at most WATCH_RESPONSE_MAX_BYTES (a larger single revision goes alone). Each
+        carries the revision through which the watcher has had everything."""
+        events = [convert.event(event) for event in batch.events]
+        whole = rpc_pb2.WatchResponse(
+            header=self._header(batch.revision), watch_id=watch_id, events=events
+        )
+        if len(events) < 2 or whole.ByteSize() <= limits.WATCH_RESPONSE_MAX_BYTES:
+            return [whole]
+        parts = split_by_revision(events, limits.WATCH_RESPONSE_MAX_BYTES)
+        responses = []
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            through = batch.revision if last else part[-1].kv.mod_revision
+            responses.append(
+                rpc_pb2.WatchResponse(header=self._header(through), watch_id=watch_id, events=part)
+            )
+        return responses
 
     def _compacted(self, watch: _StreamWatch, batch: WatchBatch) -> rpc_pb2.WatchResponse:
         """The watch's history is compacted: the hub canceled it; tell the client."""
@@ -288,7 +306,7 @@ class WatchStream:
             ):
                 return f"raftkv: unknown watch filter value {value}"
         if len(self._watches) >= limits.WATCH_MAX_WATCHERS_PER_STREAM:
-            return TOO_MANY_WATCHERS
+            return TOO_MANY_WATCHERS.format(limit=limits.WATCH_MAX_WATCHERS_PER_STREAM)
         return None
 
     def _auto_watch_id(self) -> int:
@@ -395,6 +413,30 @@ def fragments(response: rpc_pb2.WatchResponse, limit_bytes: int) -> list[rpc_pb2
         piece.fragment = index < len(parts) - 1
         pieces.append(piece)
     return pieces
+
+
+def split_by_revision(events: list[kv_pb2.Event], max_bytes: int) -> list[list[kv_pb2.Event]]:
+    """Consecutive runs of whole revisions, each run at most ``max_bytes`` of events
+    unless it is a single revision larger than that."""
+    parts: list[list[kv_pb2.Event]] = []
+    current: list[kv_pb2.Event] = []
+    current_bytes = 0
+    index = 0
+    while index < len(events):
+        revision = events[index].kv.mod_revision
+        end = index
+        revision_bytes = 0
+        while end < len(events) and events[end].kv.mod_revision == revision:
+            revision_bytes += _event_field_bytes(events[end].ByteSize())
+            end += 1
+        if current and current_bytes + revision_bytes > max_bytes:
+            parts.append(current)
+            current, current_bytes = [], 0
+        current.extend(events[index:end])
+        current_bytes += revision_bytes
+        index = end
+    parts.append(current)
+    return parts
 
 
 def _event_field_bytes(event_bytes: int) -> int:
