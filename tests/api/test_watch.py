@@ -14,7 +14,7 @@ from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.api.etcdpb.mvccpb import kv_pb2
 from raftkv.api.options import ApiOptions
 from raftkv.api.watch import WatchStream as ServerWatchStream
-from raftkv.api.watch import fragments
+from raftkv.api.watch import fragments, split_by_revision
 from raftkv.storage.mvcc import PutRequest
 from tests.api.conftest import ApiServer, start_api
 from tests.api.helpers import WatchStream, status_of
@@ -253,6 +253,18 @@ def test_fragments_split_like_etcd() -> None:
     assert fragments(single, 10) == [single]  # one event is never split
 
 
+def test_split_by_revision_keeps_revisions_whole() -> None:
+    def event(revision: int, size: int) -> kv_pb2.Event:
+        return kv_pb2.Event(kv=kv_pb2.KeyValue(key=b"k", mod_revision=revision, value=b"x" * size))
+
+    # Revision 2 has two events; revision 4 alone exceeds the budget.
+    events = [event(1, 500), event(2, 300), event(2, 300), event(3, 100), event(4, 2000)]
+    parts = split_by_revision(events, 1000)
+    assert [[e.kv.mod_revision for e in part] for part in parts] == [[1], [2, 2, 3], [4]]
+    assert [e for part in parts for e in part] == events
+    assert split_by_revision(events[:1], 10) == [events[:1]]
+
+
 def test_stream_end_cancels_its_watchers(api: ApiServer) -> None:
     stream = WatchStream(api.watch.Watch)
     stream.created(b"a")
@@ -316,7 +328,12 @@ def test_slow_client_falls_behind_boundedly_and_catches_up(api: ApiServer) -> No
         assert api.run(lambda: watcher.pending_events) <= limits.WATCH_BUFFER_EVENTS_MAX
         received: list[int] = []
         while len(received) < len(revisions):
-            received.extend(event.kv.mod_revision for event in next(call).events)
+            response = next(call)
+            received.extend(event.kv.mod_revision for event in response.events)
+            # Catch-up batches are split into responses that fit gRPC's default limit,
+            # each claiming the revision it carries through (every revision matches).
+            assert response.ByteSize() <= limits.WATCH_RESPONSE_MAX_BYTES
+            assert response.header.revision == response.events[-1].kv.mod_revision
         assert received == revisions
     finally:
         call.cancel()
