@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from raftkv import limits
+from raftkv.api import watch as watch_module
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.api.etcdpb.mvccpb import kv_pb2
 from raftkv.api.options import ApiOptions
@@ -309,6 +310,23 @@ def test_hasleader_stream_refused_without_leader(api: ApiServer) -> None:
         assert status_of(error) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
     finally:
         stream.close()
+
+
+def test_hasleader_stream_ends_when_the_leader_is_lost(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch_module, "LEADER_CHECK_INTERVAL_S", 0.05)
+    stream = WatchStream(api.watch.Watch, metadata=(("hasleader", "true"),))
+    try:
+        stream.created(b"k")
+        put(api, b"k")
+        assert len(stream.events(1)) == 1
+        api.run(lambda: setattr(api.node, "leader_id", 0))
+        error = stream.receive_error(timeout_s=5)
+        assert status_of(error) == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+    finally:
+        stream.close()
+    assert api.run(lambda: api.node.watch_hub.watcher_count) == 0
 
 
 def test_slow_client_falls_behind_boundedly_and_catches_up(api: ApiServer) -> None:

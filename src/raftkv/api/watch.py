@@ -160,7 +160,7 @@ class WatchStream:
         if batch is None:
             return []
         if watch.watcher.has_pending():
-            self._ready[watch] = None  # behind the others: streams share the sender fairly
+            self._ready[watch] = None  # behind the others: watches share the sender fairly
         if batch.compact_revision > 0:
             return [self._compacted(watch, batch)]
         if batch.events:
