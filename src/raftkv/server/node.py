@@ -24,7 +24,7 @@ import random
 import shutil
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from raftkv import limits
@@ -510,7 +510,7 @@ class Node:
                     raise errors.NoLeaderError()
                 await asyncio.sleep(self.config.heartbeat_interval_ms / 1000)
                 if self.is_leader:
-                    return self._serve_peer_call(call)
+                    return await self._serve_peer_call(call)
                 continue
             payload = await self.transport.request(
                 leader, encode_call(call), timeout_s=max(0.1, deadline - time.monotonic())
@@ -523,14 +523,23 @@ class Node:
     async def _on_peer_request(self, from_id: int, payload: bytes) -> bytes:
         try:
             call = decode_call(payload)
-            reply = self._serve_peer_call(call)
+            reply = await self._serve_peer_call(call)
         except RequestError as error:
             return PeerReply(error=error).encode()
         return reply.encode()
 
-    def _serve_peer_call(self, call: PeerCall) -> PeerReply:
+    async def _serve_peer_call(self, call: PeerCall) -> PeerReply:
         if not self.is_leader:
             raise errors.NotLeaderError()
+        if call.kind == "member_add":
+            member = await self.member_add(list(call.peer_urls), call.is_learner)
+            return PeerReply(member_id=member.id)
+        if call.kind == "member_remove":
+            await self.member_remove(call.member_id)
+            return PeerReply(member_id=call.member_id)
+        if call.kind == "member_promote":
+            await self.member_promote(call.member_id)
+            return PeerReply(member_id=call.member_id)
         if call.kind == "keepalive":
             return PeerReply(ttl_seconds=self._renew_locally(call.lease_id))
         if call.kind == "ttl":
@@ -557,6 +566,11 @@ class Node:
             _check_peer_url(url)
             if self.member_store.by_peer_url(url) is not None:
                 raise errors.PeerURLExistsError()
+        if not self.is_leader:
+            call = PeerCall("member_add", peer_urls=tuple(peer_urls), is_learner=is_learner)
+            added_id = (await self._call_leader(call)).member_id
+            await self._wait_member_applied(lambda: self.member_store.get(added_id) is not None)
+            return Member(added_id, "", tuple(peer_urls), (), is_learner)
         member_id = member_id_for(peer_urls, self.config.initial_cluster_token)
         if self.member_store.get(member_id) is not None:
             raise errors.MemberIDExistsError()
@@ -571,6 +585,10 @@ class Node:
     async def member_remove(self, member_id: int) -> None:
         if self.member_store.get(member_id) is None:
             raise errors.MemberNotFoundError()
+        if not self.is_leader:
+            await self._call_leader(PeerCall("member_remove", member_id=member_id))
+            await self._wait_member_applied(lambda: self.member_store.get(member_id) is None)
+            return
         await self._change_membership(ConfChangeType.REMOVE_NODE, member_id, None)
 
     async def member_promote(self, member_id: int) -> None:
@@ -579,8 +597,21 @@ class Node:
             raise errors.MemberNotFoundError()
         if not member.is_learner:
             raise errors.MemberNotLearnerError()
+        if not self.is_leader:
+            await self._call_leader(PeerCall("member_promote", member_id=member_id))
+            await self._wait_member_applied(lambda: not _is_learner(self.member_store, member_id))
+            return
         self._check_learner_ready(member_id)
         await self._change_membership(ConfChangeType.ADD_NODE, member_id, member)
+
+    async def _wait_member_applied(self, applied: Callable[[], bool]) -> None:
+        """After the leader applied a change for us, wait until this member has too, so the
+        caller's next MemberList here shows it (as etcd's MemberAdd response does)."""
+        deadline = time.monotonic() + self.request_timeout_s
+        while not applied():
+            if time.monotonic() > deadline:
+                raise errors.RequestTimeoutError()
+            await asyncio.sleep(self.config.heartbeat_interval_ms / 1000)
 
     def _check_learner_ready(self, member_id: int) -> None:
         """etcd promotes a learner only once its log is within 90% of the leader's."""
@@ -990,6 +1021,11 @@ class AutoCompactor:
         while self._samples and now_s - self._samples[0][0] >= window:
             target = self._samples.pop(0)[1]
         return target
+
+
+def _is_learner(store: MemberStore, member_id: int) -> bool:
+    member = store.get(member_id)
+    return member is not None and member.is_learner
 
 
 def _proposal_batches(queue: list[bytes]) -> list[list[bytes]]:

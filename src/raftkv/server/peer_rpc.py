@@ -1,8 +1,10 @@
 """Calls a member makes to the leader over the peer transport (etcd's leasehttp).
 
 Lease keepalives and TimeToLive are answered by the leader only (it alone tracks expiry),
-so a follower forwards them. The payloads are small JSON documents; a refusal travels as
-the error's class name and message and is raised again on the caller's side.
+so a follower forwards them; so are membership changes, which only a leader may propose
+(it checks them against its configuration and the learner's progress). The payloads are
+small JSON documents; a refusal travels as the error's class name and message and is raised
+again on the caller's side.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from raftkv.storage import errors as storage_errors
 from raftkv.storage.errors import RequestError
 from raftkv.storage.lease.lessor import LeaseExpiredError, NotPrimaryError
 
-_KINDS = ("keepalive", "ttl")
+_KINDS = ("keepalive", "ttl", "member_add", "member_remove", "member_promote")
 _ERRORS: dict[str, type[RequestError]] = {
     cls.__name__: cls
     for module in (server_errors, storage_errors)
@@ -34,8 +36,11 @@ class PeerCallError(ValueError):
 @dataclass(frozen=True, slots=True)
 class PeerCall:
     kind: str
-    lease_id: int
+    lease_id: int = 0
     keys: bool = False
+    member_id: int = 0
+    peer_urls: tuple[str, ...] = ()
+    is_learner: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +49,11 @@ class PeerReply:
     granted_ttl_seconds: int = 0
     keys: tuple[bytes, ...] = ()
     error: RequestError | None = None
+    member_id: int = 0
 
     def encode(self) -> bytes:
         body: dict[str, object] = {
+            "member": self.member_id,
             "ttl": self.ttl_seconds,
             "granted": self.granted_ttl_seconds,
             "keys": [base64.b64encode(key).decode() for key in self.keys],
@@ -58,25 +65,45 @@ class PeerReply:
 
 def encode_call(call: PeerCall) -> bytes:
     assert call.kind in _KINDS, call.kind
-    return json.dumps({"kind": call.kind, "lease": call.lease_id, "keys": call.keys}).encode()
+    body = {
+        "kind": call.kind,
+        "lease": call.lease_id,
+        "keys": call.keys,
+        "member": call.member_id,
+        "peer_urls": list(call.peer_urls),
+        "learner": call.is_learner,
+    }
+    return json.dumps(body).encode()
 
 
 def decode_call(payload: bytes) -> PeerCall:
     try:
         body = json.loads(payload)
         kind, lease_id, keys = body["kind"], body["lease"], body["keys"]
+        member_id, peer_urls, is_learner = body["member"], body["peer_urls"], body["learner"]
     except (ValueError, KeyError, TypeError) as error:
         raise PeerCallError(f"malformed peer call: {error}") from error
-    if kind not in _KINDS or not isinstance(lease_id, int) or not isinstance(keys, bool):
+    well_formed = (
+        kind in _KINDS
+        and isinstance(lease_id, int)
+        and isinstance(keys, bool)
+        and isinstance(member_id, int)
+        and isinstance(is_learner, bool)
+        and isinstance(peer_urls, list)
+        and all(isinstance(url, str) for url in peer_urls)
+    )
+    if not well_formed:
         raise PeerCallError(f"malformed peer call: {body!r}")
-    return PeerCall(kind, lease_id, keys)
+    return PeerCall(kind, lease_id, keys, member_id, tuple(peer_urls), is_learner)
 
 
 def decode_reply(payload: bytes) -> PeerReply:
     try:
         body = json.loads(payload)
         keys = tuple(base64.b64decode(key) for key in body["keys"])
-        reply = PeerReply(int(body["ttl"]), int(body["granted"]), keys)
+        reply = PeerReply(
+            int(body["ttl"]), int(body["granted"]), keys, member_id=int(body["member"])
+        )
         if "error" in body:
             name, message = body["error"]
             error_class = _ERRORS.get(str(name), RequestError)
