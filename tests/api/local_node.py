@@ -74,6 +74,7 @@ class LocalNode:
         self.peer_urls: tuple[str, ...] = ("http://127.0.0.1:1",)
         self.client_urls: tuple[str, ...] = ()
         self.leader_id = member_id  # tests set 0 to play a leaderless member
+        self.is_learner = False  # tests set True to play a learner
         self.backend = Backend(str(directory / "backend"), MAP_SIZE_BYTES, sync=False)
         self.lessor = Lessor(TICKS_PER_SECOND, ELECTION_TICKS)
         lessor = self.lessor

@@ -110,7 +110,7 @@ def handler(
 
     @functools.wraps(method)
     async def serve(self: _S, request: _Request, context: Context) -> _Response:
-        if requires_leader(context) and self.node.status().leader_id == 0:
+        if requires_leader(context) and self.node.leader_id == 0:
             await abort_for(context, NoLeaderError())
         try:
             return await method(self, request, context)

@@ -2,6 +2,8 @@
 
 Every servicer method is wrapped by ``unary`` or ``stream``. They
 
+* refuse every call but Status and a serializable Range on a learner, with etcd's
+  ``"etcdserver: rpc not supported for learner"`` (etcd's ``isRPCSupportedForLearner``);
 * refuse the call with etcd's ``UNAVAILABLE "etcdserver: no leader"`` when the client
   sent the metadata ``hasleader=true`` and this member knows no leader (etcd's
   interceptor, ``server/etcdserver/api/v3rpc/interceptor.go``);
@@ -22,7 +24,8 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import grpc
 import grpc.aio
 
-from raftkv.server.errors import NoLeaderError
+from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
+from raftkv.server.errors import LearnerNotSupportedError, NoLeaderError
 from raftkv.server.interface import NodeAPI
 from raftkv.storage.errors import RequestError
 
@@ -70,8 +73,19 @@ def requires_leader(context: Context) -> bool:
 
 def check_leader(node: NodeAPI, context: Context) -> None:
     """NoLeaderError if the client sent ``hasleader=true`` and there is no leader."""
-    if requires_leader(context) and node.status().leader_id == 0:
+    if requires_leader(context) and node.leader_id == 0:
         raise NoLeaderError()
+
+
+def check_learner(node: NodeAPI, request: object) -> None:
+    """A learner serves only Status and serializable Ranges (etcd 3.5)."""
+    if not node.is_learner:
+        return
+    if isinstance(request, rpc_pb2.StatusRequest):
+        return
+    if isinstance(request, rpc_pb2.RangeRequest) and request.serializable:
+        return
+    raise LearnerNotSupportedError()
 
 
 async def abort_for(context: Context, error: Exception) -> NoReturn:
@@ -95,6 +109,7 @@ def unary(
     @functools.wraps(method)
     async def handler(self: _S, request: _Req, context: Context) -> _Resp:
         try:
+            check_learner(self.node, request)
             check_leader(self.node, context)
             return await method(self, request, context)
         except grpc.aio.AbortError:
@@ -113,6 +128,7 @@ def stream(
     @functools.wraps(method)
     async def handler(self: _S, request: _Req, context: Context) -> AsyncIterator[_Resp]:
         try:
+            check_learner(self.node, request)
             check_leader(self.node, context)
             async for response in method(self, request, context):
                 yield response

@@ -363,7 +363,7 @@ class WatchStream:
                     self._wakeup.set()
             if self._monitor_leader and now >= next_leader_check:
                 next_leader_check += LEADER_CHECK_INTERVAL_S
-                leaderless = self._node.status().leader_id == 0
+                leaderless = self._node.leader_id == 0
                 leaderless_checks = leaderless_checks + 1 if leaderless else 0
                 if leaderless_checks >= LEADER_CHECKS_BEFORE_CANCEL:
                     self._failure = NoLeaderError()

@@ -71,6 +71,17 @@ class NodeAPI(Protocol):
     @property
     def raft_term(self) -> int: ...
 
+    @property
+    def leader_id(self) -> int:
+        """The leader this member knows (0: none); cheap, for per-request checks."""
+        ...
+
+    @property
+    def is_learner(self) -> bool:
+        """Whether this member is a learner (it then serves only serializable reads and
+        Status, as etcd's learners do)."""
+        ...
+
     async def propose(self, request: Request) -> Response:
         """Replicate ``request`` and return its result once applied on this member.
 

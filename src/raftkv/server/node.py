@@ -331,6 +331,10 @@ class Node:
         return self.rawnode.raft.lead
 
     @property
+    def is_learner(self) -> bool:
+        return self.member_id in self.rawnode.raft.tracker.learners
+
+    @property
     def is_leader(self) -> bool:
         return self.rawnode.raft.state is StateType.LEADER
 
