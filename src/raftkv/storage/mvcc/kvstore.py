@@ -19,8 +19,14 @@ anything, so the batch can go on. An error after a request started writing
 abort even if the caller swallows the error.
 
 Not thread-safe: one apply loop writes, and reads (``range``, ``read_txn``,
-``hash_kv``, ``hash``) must not run while a batch with writes of this store
-is open, because they read committed LMDB data through the index.
+``hash_kv``, ``hash``, ``changes_between``) must not run while a batch with
+writes of this store is open, because they read committed LMDB data through
+the index.
+
+Watch hooks (``watchable.WatchHub`` uses them): change listeners get the
+changes of a whole batch, in revision order, once it has committed (nothing
+if it aborts); restore listeners are told that ``restore`` replaced the
+store's contents; ``changes_between`` reads the stored history.
 """
 
 from __future__ import annotations
@@ -63,11 +69,12 @@ from raftkv.storage.mvcc.kvstore_txn import (
     range_end_of,
 )
 from raftkv.storage.mvcc.quota import request_cost_bytes
-from raftkv.storage.mvcc.revision import main_of, parse_revision_key
+from raftkv.storage.mvcc.revision import main_of, pack, parse_revision_key, revision_key
 from raftkv.storage.mvcc.txn import (
     CompactionResponse,
     DeleteRangeRequest,
     DeleteRangeResponse,
+    KeyValue,
     PutRequest,
     PutResponse,
     RangeRequest,
@@ -86,6 +93,12 @@ INITIAL_REVISION = 1
 NOT_COMPACTED = -1
 
 _Response = TypeVar("_Response")
+
+# Told the changes of one committed batch: puts and tombstones (version 0), in
+# revision order. The list is shared by all listeners: they must not change it.
+ChangeListener = Callable[[list[KeyValue]], None]
+# Told that restore() replaced the store's contents (e.g. a snapshot was installed).
+RestoreListener = Callable[[], None]
 
 
 def _no_leases(lease_id: int) -> bool:
@@ -114,6 +127,10 @@ class KVStore:
         # The batch whose changes the index holds but LMDB has not committed.
         self._open_batch: WriteBatch | None = None
         self._revisions_before_batch = (INITIAL_REVISION, NOT_COMPACTED)
+        self._change_listeners: list[ChangeListener] = []
+        self._restore_listeners: list[RestoreListener] = []
+        # The open batch's changes, kept only while someone listens.
+        self._batch_changes: list[KeyValue] = []
         self.restore()
 
     @property
@@ -143,6 +160,49 @@ class KVStore:
         self._index = index
         self._current = current
         self._compacted = compacted
+        for listener in self._restore_listeners:
+            listener()
+
+    # --- Watch hooks -----------------------------------------------------------
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener(changes)`` after each batch with changes of this store
+        commits: every change of the batch, in revision order (sub order within
+        a revision). It runs as a WriteBatch commit callback, so it must not
+        raise; the store is readable again by then."""
+        assert self._open_batch is None, "a listener added inside a write batch"
+        self._change_listeners.append(listener)
+
+    def add_restore_listener(self, listener: RestoreListener) -> None:
+        """Call ``listener()`` after each ``restore``."""
+        self._restore_listeners.append(listener)
+
+    def changes_between(
+        self, start_revision: int, end_revision: int, max_revisions: int
+    ) -> list[KeyValue]:
+        """The stored changes (puts, and tombstones with version 0) whose main
+        revision is in [start_revision, end_revision], in revision order, for at
+        most ``max_revisions`` revisions (a revision is never split).
+
+        CompactedError if ``start_revision`` is below the compacted revision.
+        The compacted revision itself is readable, as in etcd's watch: a
+        compaction keeps every key's newest change at or before it, tombstones
+        included, so the changes made *at* it all stay (unless one request
+        changed a key twice; etcd has the same gap). FutureRevisionError past
+        the current revision.
+        """
+        assert start_revision >= 1 and max_revisions >= 1
+        assert self._open_batch is None, "a history read inside a write batch of this store"
+        if start_revision < self._compacted:
+            raise CompactedError()
+        if end_revision > self._current:
+            raise FutureRevisionError()
+        if start_revision > end_revision:
+            return []
+        with self._backend.read() as txn, txn.cursor(db=self._backend.db(DB_KEY)) as cursor:
+            if not cursor.set_range(revision_key(pack(start_revision, 0))):
+                return []
+            return _read_changes(cursor, end_revision, max_revisions)
 
     # --- Reads -----------------------------------------------------------------
 
@@ -285,6 +345,8 @@ class KVStore:
                 revision = view.write_revision
                 batch.put(DB_META, META_CURRENT_REVISION, _META_REVISION.pack(revision))
                 self._current = revision
+                if self._change_listeners:
+                    self._batch_changes.extend(view.changes)
         except BaseException as error:
             if view.wrote:
                 batch.fail(error)
@@ -314,11 +376,16 @@ class KVStore:
     def _batch_committed(self) -> None:
         self._index.commit_journal()
         self._open_batch = None
+        changes, self._batch_changes = self._batch_changes, []
+        if changes:
+            for listener in self._change_listeners:
+                listener(changes)
 
     def _batch_aborted(self) -> None:
         self._index.rollback_journal()
         self._current, self._compacted = self._revisions_before_batch
         self._open_batch = None
+        self._batch_changes = []
 
     @contextmanager
     def _read_view(self) -> Iterator[ReadView]:
@@ -332,6 +399,28 @@ class KVStore:
 def _read_revision(txn: lmdb.Transaction, backend: Backend, key: bytes, default: int) -> int:
     raw = txn.get(key, db=backend.db(DB_META))
     return default if raw is None else int(_META_REVISION.unpack(raw)[0])
+
+
+def _read_changes(cursor: lmdb.Cursor, end_revision: int, max_revisions: int) -> list[KeyValue]:
+    """Decode DB_KEY records from the cursor's position on, up to ``end_revision``
+    and for at most ``max_revisions`` main revisions."""
+    changes: list[KeyValue] = []
+    revisions = 0
+    last_main = 0
+    for raw_key, value in cursor.iternext():
+        assert isinstance(raw_key, bytes) and isinstance(value, bytes), "opened without buffers"
+        main = main_of(parse_revision_key(raw_key)[0])
+        if main > end_revision:
+            break
+        if main != last_main:
+            if revisions == max_revisions:
+                break
+            revisions += 1
+            last_main = main
+        kv = encoding.decode(value)
+        assert kv.mod_revision == main, f"DB_KEY record of {main} says {kv.mod_revision}"
+        changes.append(kv)
+    return changes
 
 
 def _stored_records(cursor: lmdb.Cursor) -> Iterator[tuple[bytes, int, bool, int, int]]:
