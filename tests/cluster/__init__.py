@@ -1,0 +1,1 @@
+"""Tests against real raftkv member processes (``tests/procs.py``)."""
