@@ -85,8 +85,11 @@ class Model:
         return response
 
     def txn(self, req: TxnRequest) -> TxnResponse:
-        write = _Write(self)
         begin = self.state_at(self.current)
+        # etcd checks every put of the taken path before any range: a dry run that
+        # skips the ranges raises the put errors first.
+        _Write(self, with_ranges=False).txn(req, begin)
+        write = _Write(self)
         succeeded, responses = write.txn(req, begin)
         write.commit()
         return TxnResponse(write.revision, succeeded, responses)
@@ -103,8 +106,9 @@ class Model:
 class _Write:
     """One request's changes, all at main revision current + 1."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, with_ranges: bool = True) -> None:
         self.model = model
+        self.with_ranges = with_ranges
         self.begin_revision = model.current
         self.main = model.current + 1
         self.pending: list[tuple[bytes, KeyValue | None]] = []
@@ -158,6 +162,8 @@ class _Write:
         responses: list[ResponseOp] = []
         for op in req.success if succeeded else req.failure:
             match op:
+                case RangeRequest() if not self.with_ranges:
+                    pass
                 case RangeRequest():
                     self._check_range(op)
                     responses.append(_range(op, self.state_at, self.revision, self.model.compacted))

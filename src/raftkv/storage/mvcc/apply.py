@@ -222,11 +222,13 @@ def _sign_bytes(left: bytes, right: bytes) -> int:
 
 
 def check_txn(view: ReadView, req: TxnRequest, path: TxnPath, lease_exists: LeaseChecker) -> None:
-    """etcd's checkTxn: the errors the taken branches would hit, raised before
-    any write. Ranges: FutureRevisionError / CompactedError. Puts: missing key
-    for ignore_value / ignore_lease (KeyNotFoundError), unknown lease
-    (LeaseNotFoundError)."""
-    _check_branch(view, req, path, lease_exists, [])
+    """etcd's checks of a txn: the errors the taken branches would hit, raised before
+    any write. As in etcd, every put of the taken path is checked first (missing key
+    for ignore_value / ignore_lease: KeyNotFoundError; unknown lease:
+    LeaseNotFoundError), then every range (FutureRevisionError / CompactedError), so
+    a txn with both kinds of error reports the put's."""
+    _check_branch_puts(view, req, path, lease_exists, [])
+    _check_branch_ranges(view, req, path)
 
 
 # A change the txn will have made by some point: ("put", key, b"") or
@@ -235,7 +237,7 @@ def check_txn(view: ReadView, req: TxnRequest, path: TxnPath, lease_exists: Leas
 _Written = tuple[str, bytes, bytes | None]
 
 
-def _check_branch(
+def _check_branch_puts(
     view: ReadView,
     req: TxnRequest,
     path: TxnPath,
@@ -245,16 +247,24 @@ def _check_branch(
     nested = iter(path.nested)
     for op in req.success if path.succeeded else req.failure:
         match op:
-            case RangeRequest():
-                _check_range(view, op)
             case PutRequest():
                 _check_put(view, op, lease_exists, written)
                 written.append(("put", op.key, b""))
             case DeleteRangeRequest():
                 written.append(("delete", op.key, range_end_of(op.range_end)))
             case TxnRequest():
-                _check_branch(view, op, next(nested), lease_exists, written)
+                _check_branch_puts(view, op, next(nested), lease_exists, written)
     assert next(nested, None) is None, "txn path does not match the request"
+
+
+def _check_branch_ranges(view: ReadView, req: TxnRequest, path: TxnPath) -> None:
+    nested = iter(path.nested)
+    for op in req.success if path.succeeded else req.failure:
+        match op:
+            case RangeRequest():
+                _check_range(view, op)
+            case TxnRequest():
+                _check_branch_ranges(view, op, next(nested))
 
 
 def _check_range(view: ReadView, req: RangeRequest) -> None:
