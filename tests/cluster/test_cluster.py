@@ -32,16 +32,24 @@ def _local_get(member: RaftkvMember, key: str) -> str:
 
 
 async def _write_keys(
-    endpoints: list[str], prefix: str, count: int, acked: dict[str, str], workers: int = 8
+    endpoints: list[str],
+    prefix: str,
+    count: int,
+    acked: dict[str, str],
+    workers: int = 8,
+    stop: asyncio.Event | None = None,
 ) -> int:
-    """Put prefix/0..count-1 from several concurrent workers; record what was acknowledged.
-    Returns the number of writes that failed (allowed while a member is dying)."""
+    """Put prefix/0..count-1 from several concurrent workers (until ``stop`` is set);
+    record what was acknowledged. Returns the number of writes that failed (allowed while
+    a member is dying)."""
     failures = 0
     next_key = iter(range(count))
 
     async def worker(client: Client) -> None:
         nonlocal failures
         for i in next_key:
+            if stop is not None and stop.is_set():
+                return
             key, value = f"{prefix}/{i:05d}", f"v{i}"
             try:
                 await client.put(key, value)
@@ -147,10 +155,11 @@ def test_a_full_cluster_restart_keeps_every_acknowledged_write(tmp_path: Path) -
         acked: dict[str, str] = {}
 
         async def scenario() -> None:
-            writes = asyncio.create_task(
-                _write_keys(cluster.endpoints(running_only=False), "crash", 100_000, acked)
-            )
+            stop = asyncio.Event()
+            endpoints = cluster.endpoints(running_only=False)
+            writes = asyncio.create_task(_write_keys(endpoints, "crash", 100_000, acked, stop=stop))
             await asyncio.sleep(1.5)
+            stop.set()  # writes in flight now are the interesting ones
             for index in range(3):  # every member dies at once, mid-write
                 cluster.kill(index)
             await writes

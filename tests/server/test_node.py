@@ -209,3 +209,20 @@ async def test_new_member_catches_up_by_snapshot(tmp_path: Path) -> None:
         await survivors[0].propose(PutRequest(b"after", b"removal"))
     finally:
         await _stop_all(nodes)
+
+
+@run
+async def test_adding_voters_that_never_start_stops_before_quorum_is_lost(tmp_path: Path) -> None:
+    nodes = await _start(tmp_path, 3)
+    try:
+        leader = _leader(nodes)
+        # Members that never start: the first keeps a quorum of started voters (3 of 4)...
+        await leader.member_add([f"http://127.0.0.1:{_free_port()}"], is_learner=False)
+        # ...the second would not (3 of 5 is still a quorum), the third would (3 of 6).
+        await leader.member_add([f"http://127.0.0.1:{_free_port()}"], is_learner=False)
+        with pytest.raises(errors.NotEnoughStartedMembersError):
+            await leader.member_add([f"http://127.0.0.1:{_free_port()}"], is_learner=False)
+        assert len(leader.members()) == 5
+        await leader.propose(PutRequest(b"still", b"writable"))
+    finally:
+        await _stop_all(nodes)

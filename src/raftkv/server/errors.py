@@ -49,6 +49,11 @@ class PeerURLExistsError(RequestError):
     message = "etcdserver: Peer URLs already exists"
 
 
+class NotEnoughStartedMembersError(RequestError):
+    grpc_code = "FAILED_PRECONDITION"
+    message = "etcdserver: re-configuration failed due to not enough started members"
+
+
 class MemberNotFoundError(RequestError):
     grpc_code = "NOT_FOUND"
     message = "etcdserver: member not found"

@@ -43,6 +43,7 @@ from raftkv.raft import (
     StateType,
 )
 from raftkv.raft.messages import Entry, Snapshot
+from raftkv.raft.quorum import majority_size
 from raftkv.server import errors
 from raftkv.server.apply import Applier, Response, Result, conf_change_context
 from raftkv.server.config import ServerConfig
@@ -608,6 +609,38 @@ class Node:
         self._check_learner_ready(member_id)
         await self._change_membership(ConfChangeType.ADD_NODE, member_id, member)
 
+    async def _check_enough_started(self, kind: ConfChangeType, member_id: int) -> None:
+        """etcd's strict reconfiguration check: refuse a change after which the started
+        voters would not be a quorum (e.g. adding voters that never start would otherwise
+        cost the cluster its quorum). "Started" = heard from in the last election timeout
+        and has acknowledged log entries; the flag is reset every election timeout, so a
+        short miss is checked again."""
+        for attempt in range(2):
+            voters, started = self._voters_after(kind, member_id)
+            if len(started) >= majority_size(len(voters)):
+                return
+            if attempt == 0:
+                await asyncio.sleep(2 * self.config.heartbeat_interval_ms / 1000)
+        raise errors.NotEnoughStartedMembersError()
+
+    def _voters_after(self, kind: ConfChangeType, member_id: int) -> tuple[set[int], set[int]]:
+        raft = self.rawnode.raft
+        voters = set(raft.tracker.voters)
+        if kind is ConfChangeType.ADD_NODE:
+            voters.add(member_id)
+        else:
+            voters.discard(member_id)
+        progress = raft.tracker.progress
+        # A new member's progress starts "recently active"; it counts only once it has
+        # acknowledged something (match > 0).
+        started = {
+            node
+            for node in voters
+            if node == self.member_id
+            or (node in progress and progress[node].recent_active and progress[node].match > 0)
+        }
+        return voters, started
+
     async def _wait_member_applied(self, applied: Callable[[], bool]) -> None:
         """After the leader applied a change for us, wait until this member has too, so the
         caller's next MemberList here shows it (as etcd's MemberAdd response does)."""
@@ -646,6 +679,7 @@ class Node:
             raise errors.NotLeaderError(
                 "etcdserver: not leader (send membership changes to the leader)"
             )
+        await self._check_enough_started(kind, member_id)
         request_id = self._new_request_id()
         change = ConfChange(kind, member_id, conf_change_context(request_id, record))
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
