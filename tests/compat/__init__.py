@@ -1,0 +1,1 @@
+"""Compatibility tests: raftkv compared with a real etcd."""
