@@ -611,35 +611,20 @@ class Node:
 
     async def _check_enough_started(self, kind: ConfChangeType, member_id: int) -> None:
         """etcd's strict reconfiguration check: refuse a change after which the started
-        voters would not be a quorum (e.g. adding voters that never start would otherwise
-        cost the cluster its quorum). "Started" = heard from in the last election timeout
-        and has acknowledged log entries; the flag is reset every election timeout, so a
-        short miss is checked again."""
-        for attempt in range(2):
-            voters, started = self._voters_after(kind, member_id)
-            if len(started) >= majority_size(len(voters)):
-                return
-            if attempt == 0:
-                await asyncio.sleep(2 * self.config.heartbeat_interval_ms / 1000)
-        raise errors.NotEnoughStartedMembersError()
-
-    def _voters_after(self, kind: ConfChangeType, member_id: int) -> tuple[set[int], set[int]]:
-        raft = self.rawnode.raft
-        voters = set(raft.tracker.voters)
+        voters would not be a quorum (adding voters that never start would otherwise cost
+        the cluster its quorum). As in etcd, a member is started once it has published its
+        name, and growing a one-member cluster to two is always allowed."""
+        voters = {m.id for m in self.member_store.all() if not m.is_learner}
+        started = {m.id for m in self.member_store.all() if m.name}
         if kind is ConfChangeType.ADD_NODE:
+            if len(voters) == 1 and member_id not in voters:
+                return
             voters.add(member_id)
         else:
             voters.discard(member_id)
-        progress = raft.tracker.progress
-        # A new member's progress starts "recently active"; it counts only once it has
-        # acknowledged something (match > 0).
-        started = {
-            node
-            for node in voters
-            if node == self.member_id
-            or (node in progress and progress[node].recent_active and progress[node].match > 0)
-        }
-        return voters, started
+            started.discard(member_id)
+        if len(started & voters) < majority_size(len(voters)):
+            raise errors.NotEnoughStartedMembersError()
 
     async def _wait_member_applied(self, applied: Callable[[], bool]) -> None:
         """After the leader applied a change for us, wait until this member has too, so the

@@ -484,7 +484,10 @@ class WatchHub:
 
     def _prev_kv(self, kv: KeyValue) -> KeyValue | None:
         """The key as of the revision before the change (None if it did not
-        exist then or that revision is compacted)."""
+        exist then or that revision is compacted). A create event (a put of version 1)
+        has none, as in etcd, even when one txn deleted the key and put it again."""
+        if kv.version == 1:
+            return None
         try:
             response = self._kv.range(RangeRequest(kv.key, revision=kv.mod_revision - 1))
         except CompactedError:
