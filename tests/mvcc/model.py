@@ -239,6 +239,16 @@ def _range(req: RangeRequest, state_at: object, current: int, compacted: int) ->
         kvs = [kv for kv in kvs if kv.create_revision <= req.max_create_revision]
     if req.min_create_revision:
         kvs = [kv for kv in kvs if kv.create_revision >= req.min_create_revision]
+    reads_limited = req.sort_order == SortOrder.NONE and not (
+        req.min_mod_revision
+        or req.max_mod_revision
+        or req.min_create_revision
+        or req.max_create_revision
+    )
+    if reads_limited and req.limit > 0:
+        # etcd decides on the ORIGINAL sort order: with NONE it limits the read (in key
+        # order) before a sort on another target (which NONE then means ascending).
+        kvs = kvs[: req.limit + 1]
     kvs = _sort(kvs, req)
     more = 0 < req.limit < len(kvs)
     if more:
