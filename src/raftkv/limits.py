@@ -329,17 +329,12 @@ WATCH_RESPONSE_EVENTS_MAX = 1000
 # revision boundaries (a single larger revision still goes whole), so a catching-up
 # watcher fits gRPC's default 4 MiB receive limit. etcd sends the batch in one response.
 WATCH_RESPONSE_MAX_BYTES = 1 * MIB
-# Bytes of one watch response made of several revisions: a larger batch is split at
-# revision boundaries (a single larger revision still goes whole), so a catching-up
-# watcher fits gRPC's default 4 MiB receive limit. etcd sends the batch in one response.
-WATCH_RESPONSE_MAX_BYTES = 1 * MIB
 
 assert API_GRPC_MAX_SEND_MESSAGE_BYTES > MAX_REQUEST_BYTES + API_GRPC_OVERHEAD_BYTES
 assert API_GRPC_MAX_SEND_MESSAGE_BYTES >= SNAPSHOT_CHUNK_BYTES + API_GRPC_OVERHEAD_BYTES
 assert WATCH_MAX_WATCHERS_PER_STREAM >= 1
 assert WATCH_CONTROL_QUEUE_MAX >= 1
 assert WATCH_RESPONSE_EVENTS_MAX >= 1
-assert WATCH_RESPONSE_MAX_BYTES < 4 * MIB  # gRPC's default receive limit
 assert WATCH_RESPONSE_MAX_BYTES < 4 * MIB  # gRPC's default receive limit
 
 # --- Server (server/node.py) -------------------------------------------------
