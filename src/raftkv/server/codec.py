@@ -35,7 +35,7 @@ from raftkv.raft.messages import (
     Snapshot,
     SnapshotMetadata,
 )
-from raftkv.server.varint import UINT64_MAX, VarintError, put_uvarint, read_uvarint
+from raftkv.server.varint import ByteReader, put_uvarint
 
 VERSION = 1
 
@@ -176,37 +176,9 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
     )
 
 
-class _Reader:
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self.data = data
-        self.pos = 0
-
-    def at_end(self) -> bool:
-        return self.pos == len(self.data)
-
-    def byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise MessageDecodeError("truncated message")
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
-
-    def uvarint(self) -> int:
-        try:
-            value, self.pos = read_uvarint(self.data, self.pos)
-        except VarintError as error:
-            raise MessageDecodeError(str(error)) from error
-        assert value <= UINT64_MAX
-        return value
-
-    def raw(self) -> bytes:
-        length = self.uvarint()
-        end = self.pos + length
-        if end > len(self.data):
-            raise MessageDecodeError("truncated bytes field")
-        value = bytes(self.data[self.pos : end])
-        self.pos = end
-        return value
+class _Reader(ByteReader):
+    error = MessageDecodeError
+    what = "message"
 
     def count(self, maximum: int, what: str) -> int:
         # Every item takes at least one byte: a count beyond the remaining bytes is malformed.

@@ -42,14 +42,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from raftkv import limits
-from raftkv.server.varint import (
-    UINT64_MAX,
-    VarintError,
-    put_svarint,
-    put_uvarint,
-    read_uvarint,
-    zigzag_decode,
-)
+from raftkv.server.varint import UINT64_MAX, ByteReader, put_svarint, put_uvarint
 from raftkv.storage.alarm import AlarmType
 from raftkv.storage.errors import RequestTooLargeError
 from raftkv.storage.mvcc.txn import (
@@ -300,39 +293,9 @@ def decode(data: bytes) -> tuple[int, Request]:
     return request_id, request
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def at_end(self) -> bool:
-        return self.pos == len(self.data)
-
-    def byte(self) -> int:
-        if self.pos >= len(self.data):
-            raise RequestDecodeError("truncated request")
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
-
-    def uvarint(self) -> int:
-        try:
-            value, self.pos = read_uvarint(self.data, self.pos)
-        except VarintError as error:
-            raise RequestDecodeError(str(error)) from error
-        return value
-
-    def svarint(self) -> int:
-        return zigzag_decode(self.uvarint())
-
-    def raw(self) -> bytes:
-        length = self.uvarint()
-        end = self.pos + length
-        if end > len(self.data):
-            raise RequestDecodeError("truncated bytes field")
-        value = bytes(self.data[self.pos : end])
-        self.pos = end
-        return value
+class _Reader(ByteReader):
+    error = RequestDecodeError
+    what = "request"
 
     def flags(self, count: int) -> list[bool]:
         value = self.byte()

@@ -52,3 +52,44 @@ def read_uvarint(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, i
 def zigzag_decode(raw: int) -> int:
     """The int64 a zigzag-encoded uvarint stands for."""
     return (raw >> 1) ^ -(raw & 1)
+
+
+class ByteReader:
+    """A strict cursor over encoded bytes; a codec subclasses it and names its error type,
+    which every malformation (truncation, a bad varint) is raised as."""
+
+    error: type[ValueError] = ValueError
+    what = "record"  # for "truncated <what>"
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self.data = data
+        self.pos = 0
+
+    def at_end(self) -> bool:
+        return self.pos == len(self.data)
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise self.error(f"truncated {self.what}")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def uvarint(self) -> int:
+        try:
+            value, self.pos = read_uvarint(self.data, self.pos)
+        except VarintError as error:
+            raise self.error(str(error)) from error
+        return value
+
+    def svarint(self) -> int:
+        return zigzag_decode(self.uvarint())
+
+    def raw(self) -> bytes:
+        length = self.uvarint()
+        end = self.pos + length
+        if end > len(self.data):
+            raise self.error("truncated bytes field")
+        value = bytes(self.data[self.pos : end])
+        self.pos = end
+        return value
