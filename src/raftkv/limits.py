@@ -342,6 +342,10 @@ assert WATCH_RESPONSE_MAX_BYTES < 4 * MIB  # gRPC's default receive limit
 # Proposals are refused with "too many requests" while more committed entries than this
 # wait to be applied (etcd's maxGapBetweenApplyAndCommitIndex).
 SERVER_MAX_APPLY_BACKLOG_ENTRIES = 5000
+# Proposals waiting for their result, and linearizable reads waiting for a read index, on
+# one member; beyond either, requests are refused with "too many requests" (never proposed).
+SERVER_MAX_PENDING_PROPOSALS = 64 * KIB
+SERVER_MAX_PENDING_READS = 64 * KIB
 # Queued proposals handed to Raft in one propose_batch call.
 SERVER_MAX_PROPOSALS_PER_BATCH = 1024
 # Learners a cluster may have at once (etcd's default --max-learners).

@@ -128,7 +128,9 @@ class Node:
         os.makedirs(self.member_dir, exist_ok=True)
         disk = OsDisk()
         existed = RaftPersistence.exists(disk, self.member_dir)
-        self.backend = Backend(os.path.join(self.member_dir, "db"), sync=False)
+        # Every backend commit is synced: LMDB without sync can be corrupted by a power
+        # loss, and the WAL replay can only repair a backend that is behind, not broken.
+        self.backend = Backend(os.path.join(self.member_dir, "db"))
         self.member_store = MemberStore(self.backend)
         if existed:
             self.persistence = RaftPersistence.open(disk, self.member_dir)
@@ -361,6 +363,8 @@ class Node:
         status = self.rawnode.raft
         if status.log.committed - status.log.applied > limits.SERVER_MAX_APPLY_BACKLOG_ENTRIES:
             raise errors.TooManyRequestsError()
+        if len(self._pending) >= limits.SERVER_MAX_PENDING_PROPOSALS:
+            raise errors.TooManyRequestsError()
         if isinstance(request, PutRequest | TxnRequest):
             try:
                 self.kv.check_quota(request)
@@ -389,7 +393,9 @@ class Node:
         try:
             return await asyncio.wait_for(future, self.request_timeout_s)
         except TimeoutError:
-            raise self._timeout_error() from None
+            # Once proposed, a write may still be applied: never claim it was not (a
+            # client retries "no leader" answers, which would apply it twice).
+            raise errors.RequestTimeoutError() from None
         finally:
             self._pending.pop(request_id, None)
 
@@ -411,6 +417,11 @@ class Node:
 
     async def read_barrier(self) -> None:
         self._check_serving()
+        waiting = sum(len(batch.waiters) for batch in self._read_batches)
+        if self._next_read_batch is not None:
+            waiting += len(self._next_read_batch.waiters)
+        if waiting >= limits.SERVER_MAX_PENDING_READS:
+            raise errors.TooManyRequestsError()
         if self._next_read_batch is None:
             self._request_counter += 1
             context = _READ_CONTEXT.pack(self._request_prefix | self._request_counter)
@@ -898,7 +909,7 @@ class Node:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(directory, "lock.mdb"))
         _fsync_directory(directory)
-        self.backend = Backend(directory, sync=False)
+        self.backend = Backend(directory)
         self.member_store = MemberStore(self.backend)
 
     def _apply(self, entries: list[Entry]) -> None:
