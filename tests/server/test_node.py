@@ -195,6 +195,8 @@ async def test_new_member_catches_up_by_snapshot(tmp_path: Path) -> None:
         nodes.append(joiner)
         await _until(lambda: joiner.kv.range(RangeRequest(b"k", b"l")).count == 60)
         await _until(lambda: joiner.cluster_id == leader.cluster_id)
+        snap_dir = Path(joiner.member_dir) / "snap"
+        assert not list(snap_dir.glob("*.snap.db")), "installed backend copies are removed"
         await _promote_when_in_sync(leader, member.id)
         assert not next(m for m in leader.members() if m.id == member.id).is_learner
         with pytest.raises(errors.MemberNotLearnerError):

@@ -110,7 +110,6 @@ class Node:
         self._proposal_queue: list[bytes] = []
         self._read_batches: list[_ReadBatch] = []
         self._next_read_batch: _ReadBatch | None = None
-        self._waiting_apply: list[tuple[int, asyncio.Future[None]]] = []
         self._pending_revokes: set[int] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,7 +119,6 @@ class Node:
         self._snapshot_index = 0
         self._snapshot_sends: set[int] = set()
         self._published = False
-        self.removed = False
 
     # -- Startup ------------------------------------------------------------------------
 
@@ -311,10 +309,6 @@ class Node:
                     waiter.set_exception(error)
         self._read_batches.clear()
         self._next_read_batch = None
-        for _, waiter in self._waiting_apply:
-            if not waiter.done():
-                waiter.set_exception(error)
-        self._waiting_apply.clear()
 
     def _die(self, error: BaseException) -> None:
         """A fatal error (disk failure, corruption, a broken invariant): stop serving."""
@@ -476,15 +470,6 @@ class Node:
                 continue
             remaining.append(batch)
         self._read_batches = remaining
-        still_waiting: list[tuple[int, asyncio.Future[None]]] = []
-        for index, waiter in self._waiting_apply:
-            if waiter.done():
-                continue
-            if index <= applied:
-                waiter.set_result(None)
-            else:
-                still_waiting.append((index, waiter))
-        self._waiting_apply = still_waiting
 
     # -- NodeAPI: leases ----------------------------------------------------------------
 
@@ -753,13 +738,6 @@ class Node:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
-    async def wait_applied(self, index: int) -> None:
-        if self.rawnode.raft.log.applied >= index:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting_apply.append((index, waiter))
-        await asyncio.wait_for(waiter, self.request_timeout_s)
-
     # -- Peer input ---------------------------------------------------------------------
 
     def _on_peer_message(self, message: Message) -> None:
@@ -896,7 +874,16 @@ class Node:
         self.cluster_id = self.member_store.cluster_id
         self.transport.set_cluster_id(self.cluster_id)
         self._snapshot_index = index
+        self._remove_snapshot_db_files()
         log.info("member %x installed the snapshot at index %d", self.member_id, index)
+
+    def _remove_snapshot_db_files(self) -> None:
+        """Received backend copies are needed only until one is installed (the backend,
+        synced, now holds at least as much): keep none, so they cannot pile up."""
+        snap_dir = os.path.join(self.member_dir, "snap")
+        for name in os.listdir(snap_dir):
+            if name.endswith(".snap.db"):
+                os.remove(os.path.join(snap_dir, name))
 
     def _install_backend_file(self, path: str) -> None:
         directory = self.backend.directory
@@ -943,7 +930,6 @@ class Node:
         change = ConfChange.decode(entry.data)
         self.rawnode.apply_conf_change(change)
         if change.node_id == self.member_id and change.type is ConfChangeType.REMOVE_NODE:
-            self.removed = True
             log.warning("member %x was removed from the cluster; stopping", self.member_id)
             asyncio.get_running_loop().call_later(1.0, self._stop_soon)
         if self.transport is not None:
