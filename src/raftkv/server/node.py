@@ -128,7 +128,9 @@ class Node:
         existed = RaftPersistence.exists(disk, self.member_dir)
         # Every backend commit is synced: LMDB without sync can be corrupted by a power
         # loss, and the WAL replay can only repair a backend that is behind, not broken.
-        self.backend = Backend(os.path.join(self.member_dir, "db"))
+        # The meta page is not (a crash may undo the last commit, which the WAL replays);
+        # flush() syncs it before the WAL is compacted.
+        self.backend = Backend(os.path.join(self.member_dir, "db"), metasync=False)
         self.member_store = MemberStore(self.backend)
         if existed:
             self.persistence = RaftPersistence.open(disk, self.member_dir)
@@ -896,7 +898,7 @@ class Node:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(directory, "lock.mdb"))
         _fsync_directory(directory)
-        self.backend = Backend(directory)
+        self.backend = Backend(directory, metasync=False)
         self.member_store = MemberStore(self.backend)
 
     def _apply(self, entries: list[Entry]) -> None:

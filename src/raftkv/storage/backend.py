@@ -101,10 +101,16 @@ class Backend:
         directory: str,
         map_size_bytes: int = limits.BACKEND_MAP_SIZE_BYTES,
         sync: bool = True,
+        metasync: bool | None = None,
     ) -> None:
+        """``sync``: every commit is flushed to disk. ``metasync`` (default: as ``sync``):
+        the meta page too. Without it (LMDB's NOMETASYNC) a system crash may undo the
+        last commit but never corrupts the database; a server whose WAL replays that
+        commit can afford it, and saves one of LMDB's two flushes per commit."""
         self.directory = directory
         self.map_size_bytes = map_size_bytes
         self.sync = sync
+        self.metasync = sync if metasync is None else metasync
         os.makedirs(directory, exist_ok=True)
         self.env = self._open()
 
@@ -115,7 +121,7 @@ class Backend:
                 map_size=self.map_size_bytes,
                 max_dbs=len(DATABASES),
                 sync=self.sync,
-                metasync=self.sync,
+                metasync=self.metasync,
                 readahead=False,
                 lock=True,
             )
