@@ -14,12 +14,14 @@ from raftkv.argtypes import bounded_int
 EXIT_NOT_IMPLEMENTED = 2
 EXIT_BAD_CONFIG = 2
 
-# Subcommands that exist in the CLI surface but need the server (issue #4) first.
+# Subcommands that exist in the CLI surface but are not built yet, and the issue that
+# builds each.
 _PENDING: dict[str, str] = {
     "bench": "run the load generator and etcd comparison",
     "verify": "run fault injection against real server processes",
     "snapshot": "save or restore a snapshot of a running cluster",
 }
+_PENDING_ISSUE = {"bench": 6, "verify": 5, "snapshot": 7}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +123,7 @@ def _run_up(args: argparse.Namespace) -> int:
 
 def _not_yet(command: str) -> int:
     print(
-        f"raftkv {command}: not yet implemented — the server lands with issue #4; see README",
+        f"raftkv {command}: not yet implemented (issue #{_PENDING_ISSUE[command]}); see README",
         file=sys.stderr,
     )
     return EXIT_NOT_IMPLEMENTED
