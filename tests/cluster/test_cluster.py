@@ -117,16 +117,21 @@ def test_add_a_member_then_remove_one(tmp_path: Path) -> None:
 
         listed = etcdctl(cluster, "member", "list")
         assert listed.returncode == 0 and listed.stdout.count("started") == 4, listed.stdout
-        first_id = next(
-            line.split(",")[0] for line in listed.stdout.splitlines() if ", m1," in line
+        # A follower removes itself: the request is forwarded to the leader, and the
+        # answer must not wait for the removed member to apply its own removal.
+        leader = cluster.wait_for_leader()
+        gone = cluster.member(next(i for i in range(3) if i != leader))
+        gone_id = next(
+            line.split(",")[0] for line in listed.stdout.splitlines() if f", {gone.name}," in line
         )
-        removed = etcdctl(cluster, "member", "remove", first_id)
+        removed = etcdctl(gone.client_endpoint, "member", "remove", gone_id)
         assert removed.returncode == 0, removed.stderr
-        assert f"Member {first_id} removed" in removed.stdout
+        assert f"Member {gone_id} removed" in removed.stdout
 
-        survivors = [m.client_endpoint for m in cluster.members[1:]]
+        survivors = [m.client_endpoint for m in cluster.members if m is not gone]
         listed = etcdctl(survivors, "member", "list")
-        assert ", m1," not in listed.stdout and listed.stdout.count("started") == 3
+        assert f", {gone.name}," not in listed.stdout, listed.stdout
+        assert listed.stdout.count("started") == 3, listed.stdout
         after: dict[str, str] = {}
         assert asyncio.run(_write_keys(survivors, "after", 30, after)) == 0
         _wait_until(lambda: _local_get(joining, "after/00029") == "v29\n")

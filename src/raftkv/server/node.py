@@ -590,7 +590,8 @@ class Node:
             raise errors.MemberNotFoundError()
         if not self.is_leader:
             await self._call_leader(PeerCall("member_remove", member_id=member_id))
-            await self._wait_member_applied(lambda: self.member_store.get(member_id) is None)
+            if member_id != self.member_id:
+                await self._wait_member_applied(lambda: self.member_store.get(member_id) is None)
             return
         await self._change_membership(ConfChangeType.REMOVE_NODE, member_id, None)
 
@@ -625,12 +626,12 @@ class Node:
             raise errors.NotEnoughStartedMembersError()
 
     async def _wait_member_applied(self, applied: Callable[[], bool]) -> None:
-        """After the leader applied a change for us, wait until this member has too, so the
-        caller's next MemberList here shows it (as etcd's MemberAdd response does)."""
-        deadline = time.monotonic() + self.request_timeout_s
-        while not applied():
-            if time.monotonic() > deadline:
-                raise errors.RequestTimeoutError()
+        """After the leader applied a change for us, wait (briefly) until this member has
+        too, so the caller's next MemberList here shows it. The change has succeeded
+        either way: a member removing itself may never apply its own removal (the leader
+        stops replicating to it), so this never fails."""
+        deadline = time.monotonic() + self.config.election_timeout_ms / 1000
+        while not applied() and time.monotonic() < deadline:
             await asyncio.sleep(self.config.heartbeat_interval_ms / 1000)
 
     def _check_learner_ready(self, member_id: int) -> None:
