@@ -41,7 +41,9 @@ def free_base_port(size: int) -> int:
     """A base port at which all 3 * size ports of `raftkv up --size size` are free."""
     rng = random.Random()
     for _ in range(PORT_SEARCH_ATTEMPTS):
-        base = rng.randrange(20_000, 60_000)
+        # Below Linux's ephemeral range (32768+), where every other test's kernel-picked
+        # ports and outgoing connections live, so nothing else grabs these meanwhile.
+        base = rng.randrange(20_000, 32_000)
         members = plan_members(size, base, "127.0.0.1", Path("unused"))
         if all(port_is_free(port) for m in members for port in m.ports().values()):
             return base
@@ -196,12 +198,26 @@ def test_member_layout() -> None:
     assert members[0].log_path == Path("d/m1.log")
 
 
-def test_up_refuses_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    base_port = free_base_port(2)
-    busy_port = base_port + limits.UP_PORT_STRIDE + 1  # m2's peer port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", busy_port))
+def _occupy_a_peer_port() -> tuple[int, int, socket.socket]:
+    """A free base port for 2 members, with m2's peer port taken by a listener. Other
+    tests pick ports concurrently, so a port free a moment ago may be gone: retry."""
+    for _ in range(10):
+        base_port = free_base_port(2)
+        busy_port = base_port + limits.UP_PORT_STRIDE + 1  # m2's peer port
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.bind(("127.0.0.1", busy_port))
+        except OSError:
+            listener.close()
+            continue
         listener.listen()
+        return base_port, busy_port, listener
+    raise AssertionError("no free port range in 10 attempts")
+
+
+def test_up_refuses_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base_port, busy_port, listener = _occupy_a_peer_port()
+    with listener:
         data_dir = tmp_path / "up"
         assert run_up(2, data_dir, base_port, "127.0.0.1") == 2
     err = capsys.readouterr().err
