@@ -357,3 +357,14 @@ SERVER_HOUSEKEEPING_INTERVAL_MS = 100
 SNAPSHOT_CATCHUP_ENTRIES = 5000
 
 assert SERVER_MAX_PROPOSALS_PER_BATCH <= RAFT_MAX_ENTRIES_PER_PROPOSAL
+
+# --- Linearizability checker (check/linearizability.py) ---------------------------
+
+# (linearized-ops, state) pairs the check may visit in one partition; beyond it the
+# verdict is UNKNOWN (the search is exponential in concurrency, the cache is its memory).
+CHECK_MAX_VISITED_STATES = 2_000_000
+# Search steps between two looks at the clock (time.monotonic is not free in a hot loop).
+CHECK_CLOCK_EVERY_STEPS = 1024
+
+assert CHECK_MAX_VISITED_STATES >= 1
+assert CHECK_CLOCK_EVERY_STEPS >= 1

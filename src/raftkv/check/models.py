@@ -1,0 +1,395 @@
+"""Sequential specifications for the linearizability checker.
+
+A model is a pure state machine: ``step`` answers whether an op with this input
+could have produced this output from this state, and the next state. States must
+be hashable and immutable (the checker caches them). ``partition`` splits a
+history into independent parts (P-compositionality): ops on disjoint keys never
+constrain each other, so each part is checked alone.
+
+Inputs (tuples):
+- register ops: ``("get", key)`` -> value or None; ``("put", key, value)`` -> None;
+  ``("cas", key, expected, new)`` -> bool (expected None means "absent");
+  ``("delete", key)`` -> None, or the number of keys deleted (0 or 1).
+- ``("txn", reads, writes)`` with ``reads`` a tuple of keys and ``writes`` a tuple of
+  (key, value) pairs -> dict of key -> value-or-None, read before the txn's writes.
+- ``("append", key, element)`` -> None; ``("read", key)`` -> tuple of elements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Protocol
+
+from raftkv.check.history import Operation
+
+State = Hashable
+
+
+class Model(Protocol):
+    def init(self) -> State: ...
+
+    def step(self, state: State, input: object, output: object, known: bool) -> State | None:
+        """The state after the op, or None if the op cannot return ``output`` here.
+
+        When ``known`` is False the output is ignored (the op's outcome is unknown).
+        """
+        ...
+
+    def partition(self, ops: Sequence[Operation]) -> list[list[Operation]]: ...
+
+    def describe(self, op: Operation) -> str: ...
+
+    def describe_state(self, state: State) -> str: ...
+
+    def describe_partition(self, ops: Sequence[Operation]) -> str: ...
+
+    def observed_by(self, writer: Operation, reader: Operation) -> bool:
+        """Did ``reader`` observe something only ``writer`` could have written?
+
+        The shrinker keeps such writers, so a stale read stays a stale read rather
+        than turning into a read of a value never written.
+        """
+        ...
+
+    def hints(self, ops: Sequence[Operation]) -> list[str]:
+        """Plain reasons, if the model can see any, why these ops have no linearization."""
+        ...
+
+
+class ModelInputError(ValueError):
+    """An op's input is not one this model understands."""
+
+
+def _keys_of(input: object) -> tuple[Hashable, ...]:
+    match input:
+        case ("get" | "delete" | "read", key):
+            return (key,)
+        case ("put" | "append", key, _):
+            return (key,)
+        case ("cas", key, _, _):
+            return (key,)
+        case ("txn", reads, writes):
+            assert isinstance(reads, tuple) and isinstance(writes, tuple)
+            return tuple(reads) + tuple(key for key, _ in writes)
+    raise ModelInputError(f"unknown input {input!r}")
+
+
+def _partition_by_shared_keys(ops: Sequence[Operation]) -> list[list[Operation]]:
+    """Connected components of ops linked by the keys they touch (union-find on keys)."""
+    parent: dict[Hashable, Hashable] = {}
+
+    def root(key: Hashable) -> Hashable:
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for op in ops:
+        keys = _keys_of(op.input)
+        for key in keys:
+            parent.setdefault(key, key)
+        for key in keys[1:]:
+            parent[root(key)] = root(keys[0])
+    groups: dict[object, list[Operation]] = {}
+    for op in ops:
+        keys = _keys_of(op.input)
+        # An op touching no key constrains nothing else: it is its own part.
+        group = root(keys[0]) if keys else ("no keys", op.op_id)
+        groups.setdefault(group, []).append(op)
+    return list(groups.values())
+
+
+def _describe_output(op: Operation) -> str:
+    return f"-> {op.output!r}" if op.known else "-> ? (outcome unknown)"
+
+
+def _keys_label(ops: Sequence[Operation]) -> str:
+    keys = sorted({repr(key) for op in ops for key in _keys_of(op.input)})
+    return "key " + keys[0] if len(keys) == 1 else "keys " + ", ".join(keys)
+
+
+# --- Register (single key) ops, shared by RegisterModel and KVTxnModel --------
+
+_ABSENT = None
+
+
+def _register_step(
+    value: object, input: tuple[object, ...], output: object, known: bool
+) -> tuple[bool, object]:
+    """(allowed, value after) for a register op on one key holding ``value``."""
+    match input:
+        case ("get", _):
+            return (not known or output == value), value
+        case ("put", _, new):
+            return (not known or output is None), new
+        case ("cas", _, expected, new):
+            swapped = value == expected
+            if known and output != swapped:
+                return False, value
+            return True, new if swapped else value
+        case ("delete", _):
+            deleted = 0 if value is _ABSENT else 1
+            allowed = not known or output is None or output == deleted
+            return allowed, _ABSENT
+    raise ModelInputError(f"not a register op: {input!r}")
+
+
+def _writes_of(op: Operation, key: Hashable) -> list[object]:
+    """Values this op may have written to ``key`` (a failed CAS writes nothing)."""
+    match op.input:
+        case ("put", k, value) if k == key:
+            return [value]
+        case ("cas", k, _, new) if k == key and (not op.known or op.output is True):
+            return [new]
+        case ("delete", k) if k == key:
+            return [_ABSENT]
+        case ("txn", _, writes):
+            assert isinstance(writes, tuple)
+            return [value for k, value in writes if k == key]
+    return []
+
+
+def _reads_of(op: Operation) -> list[tuple[Hashable, object]]:
+    """(key, value) pairs a completed op observed."""
+    if not op.known:
+        return []
+    match op.input:
+        case ("get", key):
+            return [(key, op.output)]
+        case ("txn", reads, _) if isinstance(op.output, dict):
+            assert isinstance(reads, tuple)
+            return [(key, op.output.get(key)) for key in reads]
+    return []
+
+
+def _register_hints(ops: Sequence[Operation]) -> list[str]:
+    """Reads whose value was never written, or was certainly overwritten before the read."""
+    hints: list[str] = []
+    for read in ops:
+        for key, value in _reads_of(read):
+            writers = [op for op in ops if op is not read and value in _writes_of(op, key)]
+            if not writers:
+                if value is not _ABSENT:
+                    hints.append(
+                        f"op {read.op_id} read {key!r} = {value!r}, "
+                        f"but no op in the history writes {value!r} to {key!r}"
+                    )
+                continue
+            overwritten = [_overwriter(w, read, key, value, ops) for w in writers]
+            if all(later is not None for later in overwritten) and value is not _ABSENT:
+                pairs = ", ".join(
+                    f"op {w.op_id} by op {later.op_id}"
+                    for w, later in zip(writers, overwritten, strict=True)
+                    if later is not None
+                )
+                hints.append(
+                    f"op {read.op_id} read {key!r} = {value!r}, but the only writes of "
+                    f"{value!r} were overwritten before the read was called ({pairs})"
+                )
+    return hints
+
+
+def _overwriter(
+    writer: Operation, read: Operation, key: Hashable, value: object, ops: Sequence[Operation]
+) -> Operation | None:
+    """A completed op that surely wrote another value to ``key`` after ``writer``, before
+    ``read`` was called."""
+    if writer.return_ns is None:
+        return None
+    for op in ops:
+        values = _writes_of(op, key)
+        if (
+            op.return_ns is not None
+            and values
+            and writer.return_ns < op.call_ns
+            and op.return_ns < read.call_ns
+            and all(v != value for v in values)
+        ):
+            return op
+    return None
+
+
+def _register_observed_by(writer: Operation, reader: Operation) -> bool:
+    return writer is not reader and any(
+        value is not _ABSENT and value in _writes_of(writer, key)
+        for key, value in _reads_of(reader)
+    )
+
+
+class RegisterModel:
+    """One register per key: get, put, cas, delete.
+
+    State: a 1-tuple of the key's value (None = absent), never None itself, since
+    ``step`` returns None for "not allowed".
+    """
+
+    def init(self) -> State:
+        return (_ABSENT,)
+
+    def step(self, state: State, input: object, output: object, known: bool) -> State | None:
+        assert isinstance(state, tuple) and isinstance(input, tuple)
+        allowed, after = _register_step(state[0], input, output, known)
+        return (after,) if allowed else None
+
+    def partition(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        return _partition_by_shared_keys(ops)
+
+    def describe(self, op: Operation) -> str:
+        assert isinstance(op.input, tuple)
+        name, *args = op.input
+        return f"{name}({', '.join(repr(a) for a in args)}) {_describe_output(op)}"
+
+    def describe_state(self, state: State) -> str:
+        assert isinstance(state, tuple)
+        return "absent" if state[0] is _ABSENT else repr(state[0])
+
+    def describe_partition(self, ops: Sequence[Operation]) -> str:
+        return _keys_label(ops)
+
+    def observed_by(self, writer: Operation, reader: Operation) -> bool:
+        return _register_observed_by(writer, reader)
+
+    def hints(self, ops: Sequence[Operation]) -> list[str]:
+        return _register_hints(ops)
+
+
+class KVTxnModel:
+    """Several keys, with atomic multi-key txns and the register ops.
+
+    State: a frozenset of (key, value) pairs for the present keys.
+    """
+
+    def init(self) -> State:
+        return frozenset()
+
+    def step(self, state: State, input: object, output: object, known: bool) -> State | None:
+        assert isinstance(state, frozenset) and isinstance(input, tuple)
+        values: dict[Hashable, object] = dict(state)
+        if input[0] == "txn":
+            _, reads, writes = input
+            assert isinstance(reads, tuple) and isinstance(writes, tuple)
+            if known:
+                observed = {key: values.get(key) for key in reads}
+                if output != observed:
+                    return None
+            for key, value in writes:
+                values[key] = value
+        else:
+            key = _keys_of(input)[0]
+            allowed, after = _register_step(values.get(key), input, output, known)
+            if not allowed:
+                return None
+            values[key] = after
+        return frozenset((k, v) for k, v in values.items() if v is not _ABSENT)
+
+    def partition(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        return _partition_by_shared_keys(ops)
+
+    def describe(self, op: Operation) -> str:
+        assert isinstance(op.input, tuple)
+        if op.input[0] == "txn":
+            _, reads, writes = op.input
+            return f"txn(reads={reads!r}, writes={writes!r}) {_describe_output(op)}"
+        return RegisterModel().describe(op)
+
+    def describe_state(self, state: State) -> str:
+        assert isinstance(state, frozenset)
+        return "{" + ", ".join(sorted(f"{k!r}: {v!r}" for k, v in state)) + "}"
+
+    def describe_partition(self, ops: Sequence[Operation]) -> str:
+        return _keys_label(ops)
+
+    def observed_by(self, writer: Operation, reader: Operation) -> bool:
+        return _register_observed_by(writer, reader)
+
+    def hints(self, ops: Sequence[Operation]) -> list[str]:
+        return _register_hints(ops) + _torn_txn_hints(ops)
+
+
+def _torn_txn_hints(ops: Sequence[Operation]) -> list[str]:
+    """A read that sees some, not all, of one multi-key write whose values are unique."""
+    hints: list[str] = []
+    for writer in ops:
+        if not (isinstance(writer.input, tuple) and writer.input[0] == "txn"):
+            continue
+        writes = writer.input[2]
+        assert isinstance(writes, tuple)
+        if len(writes) < 2:
+            continue
+        for reader in ops:
+            seen = dict(_reads_of(reader))
+            keys = [key for key, _ in writes if key in seen]
+            hits = [key for key, value in writes if key in seen and seen[key] == value]
+            if len(keys) >= 2 and 0 < len(hits) < len(keys):
+                hints.append(
+                    f"op {reader.op_id} saw op {writer.op_id}'s write to "
+                    f"{', '.join(repr(k) for k in hits)} but not to "
+                    f"{', '.join(repr(k) for k in keys if k not in hits)} (a torn transaction, "
+                    "unless another op rewrote those keys in between)"
+                )
+    return hints
+
+
+class ListAppendModel:
+    """One append-only list per key. State: the tuple of elements."""
+
+    def init(self) -> State:
+        return ()
+
+    def step(self, state: State, input: object, output: object, known: bool) -> State | None:
+        assert isinstance(state, tuple) and isinstance(input, tuple)
+        match input:
+            case ("append", _, element):
+                if known and output is not None:
+                    return None
+                return (*state, element)
+            case ("read", _):
+                return state if not known or output == state else None
+        raise ModelInputError(f"not a list-append op: {input!r}")
+
+    def partition(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        return _partition_by_shared_keys(ops)
+
+    def describe(self, op: Operation) -> str:
+        return RegisterModel().describe(op)
+
+    def describe_state(self, state: State) -> str:
+        return repr(state)
+
+    def describe_partition(self, ops: Sequence[Operation]) -> str:
+        return _keys_label(ops)
+
+    def observed_by(self, writer: Operation, reader: Operation) -> bool:
+        if not (_is(writer, "append") and _is(reader, "read") and reader.known):
+            return False
+        assert isinstance(writer.input, tuple) and isinstance(reader.output, tuple)
+        return writer.input[1] == reader.input[1] and writer.input[2] in reader.output  # type: ignore[index]
+
+    def hints(self, ops: Sequence[Operation]) -> list[str]:
+        appended = {op.input[2] for op in ops if _is(op, "append")}  # type: ignore[index]
+        hints: list[str] = []
+        reads = [op for op in ops if _is(op, "read") and op.known]
+        for read in reads:
+            assert isinstance(read.output, tuple)
+            stray = [e for e in read.output if e not in appended]
+            if stray:
+                hints.append(f"op {read.op_id} read elements never appended: {stray!r}")
+        for first, second in _pairs(reads):
+            assert isinstance(first.output, tuple) and isinstance(second.output, tuple)
+            short, long = sorted((first.output, second.output), key=len)
+            if long[: len(short)] != short:
+                hints.append(
+                    f"ops {first.op_id} and {second.op_id} read lists where neither is a "
+                    f"prefix of the other: {first.output!r} vs {second.output!r}"
+                )
+        return hints
+
+
+def _is(op: Operation, name: str) -> bool:
+    return isinstance(op.input, tuple) and bool(op.input) and op.input[0] == name
+
+
+def _pairs(items: Sequence[Operation]) -> Iterable[tuple[Operation, Operation]]:
+    for i, first in enumerate(items):
+        for second in items[i + 1 :]:
+            yield first, second

@@ -1,0 +1,551 @@
+"""The linearizability checker against hand-written histories, generated correct
+executions, and a brute-force reference on small random histories."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from itertools import combinations, permutations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raftkv.check.history import HistoryError, HistoryRecorder, Operation, from_events
+from raftkv.check.linearizability import CheckResult, Verdict, check
+from raftkv.check.models import KVTxnModel, ListAppendModel, Model, RegisterModel
+
+REGISTER = RegisterModel()
+TXN = KVTxnModel()
+LIST = ListAppendModel()
+
+
+def op(
+    op_id: int,
+    call_ns: int,
+    return_ns: int | None,
+    input: object,
+    output: object = None,
+    client_id: int | None = None,
+) -> Operation:
+    client = op_id if client_id is None else client_id
+    return Operation(op_id, client, call_ns, return_ns, input, output)
+
+
+def verdict(history: Sequence[Operation], model: Model) -> Verdict:
+    return check(history, model).verdict
+
+
+# --- Hand-written histories ------------------------------------------------------
+
+
+def test_empty_history_is_linearizable() -> None:
+    result = check([], REGISTER)
+    assert (result.verdict, result.partitions, result.operations) == (Verdict.OK, 0, 0)
+
+
+def test_sequential_put_then_get_is_ok_and_reading_the_initial_absent_value_is_ok() -> None:
+    history = [
+        op(1, 0, 1, ("get", "k"), None),
+        op(2, 2, 3, ("put", "k", 1)),
+        op(3, 4, 5, ("get", "k"), 1),
+    ]
+    assert verdict(history, REGISTER) is Verdict.OK
+
+
+def test_stale_read_is_a_violation_with_a_readable_explanation() -> None:
+    history = [
+        op(1, 0, 10, ("put", "k", 1)),
+        op(2, 20, 30, ("put", "k", 2)),
+        op(3, 40, 50, ("get", "k"), 1),
+        op(4, 0, 60, ("put", "other", 9)),  # another partition, irrelevant
+    ]
+    result = check(history, REGISTER)
+    assert result.verdict is Verdict.VIOLATION
+    assert result.partitions == 2 and result.operations == 4
+    assert {o.op_id for o in result.failing} == {1, 2, 3}
+    assert "key 'k'" in result.explanation
+    assert "only writes of 1 were overwritten" in result.explanation
+    assert "get('k') -> 1" in result.explanation
+
+
+def test_the_same_read_overlapping_the_second_write_is_ok() -> None:
+    history = [
+        op(1, 0, 10, ("put", "k", 1)),
+        op(2, 20, 45, ("put", "k", 2)),
+        op(3, 40, 50, ("get", "k"), 1),
+    ]
+    assert verdict(history, REGISTER) is Verdict.OK
+
+
+def test_touching_intervals_overlap_a_return_at_t_and_a_call_at_t() -> None:
+    # put(2) returns at 20 and the get is called at 20: closed intervals overlap,
+    # so the get may come before the put; one ns later it may not.
+    touching = [
+        op(1, 0, 5, ("put", "k", 1)),
+        op(2, 10, 20, ("put", "k", 2)),
+        op(3, 20, 30, ("get", "k"), 1),
+    ]
+    assert verdict(touching, REGISTER) is Verdict.OK
+    apart = [*touching[:2], op(3, 21, 30, ("get", "k"), 1)]
+    assert verdict(apart, REGISTER) is Verdict.VIOLATION
+
+
+def test_lost_write_a_read_after_a_completed_write_sees_the_old_value() -> None:
+    history = [
+        op(1, 0, 10, ("put", "k", "old")),
+        op(2, 11, 20, ("put", "k", "new")),
+        op(3, 25, 30, ("get", "k"), "old"),
+        op(4, 31, 40, ("get", "k"), "new"),
+    ]
+    result = check(history, REGISTER)
+    assert result.verdict is Verdict.VIOLATION
+    assert 3 in {o.op_id for o in result.failing}
+
+
+def test_read_of_a_value_never_written_is_a_violation_of_one_op() -> None:
+    history = [op(1, 0, 10, ("put", "k", 1)), op(2, 20, 30, ("get", "k"), 7)]
+    result = check(history, REGISTER)
+    assert result.verdict is Verdict.VIOLATION
+    assert [o.op_id for o in result.failing] == [2]
+    assert "no op in the history writes 7" in result.explanation
+
+
+def test_double_cas_success_from_the_same_expected_value_is_a_violation() -> None:
+    history = [
+        op(1, 0, 10, ("put", "k", 0)),
+        op(2, 20, 40, ("cas", "k", 0, 1), True),
+        op(3, 25, 45, ("cas", "k", 0, 2), True),
+    ]
+    assert verdict(history, REGISTER) is Verdict.VIOLATION
+    one_wins = [*history[:2], op(3, 25, 45, ("cas", "k", 0, 2), False)]
+    assert verdict(one_wins, REGISTER) is Verdict.OK
+
+
+def test_delete_and_its_count() -> None:
+    history = [
+        op(1, 0, 1, ("put", "k", 1)),
+        op(2, 2, 3, ("delete", "k"), 1),
+        op(3, 4, 5, ("delete", "k"), 0),
+        op(4, 6, 7, ("get", "k"), None),
+    ]
+    assert verdict(history, REGISTER) is Verdict.OK
+    wrong_count = [*history[:2], op(3, 4, 5, ("delete", "k"), 1)]
+    assert verdict(wrong_count, REGISTER) is Verdict.VIOLATION
+
+
+def test_overlapping_ops_with_one_consistent_order_are_ok() -> None:
+    # Three concurrent writes; reads pin the order to 3, 1, 2.
+    history = [
+        op(1, 0, 100, ("put", "k", 1)),
+        op(2, 0, 100, ("put", "k", 2)),
+        op(3, 0, 100, ("put", "k", 3)),
+        op(4, 10, 20, ("get", "k"), 3),
+        op(5, 30, 40, ("get", "k"), 1),
+        op(6, 110, 120, ("get", "k"), 2),
+    ]
+    assert verdict(history, REGISTER) is Verdict.OK
+    impossible = [*history[:5], op(6, 110, 120, ("get", "k"), 3)]
+    assert verdict(impossible, REGISTER) is Verdict.VIOLATION
+
+
+def test_timed_out_write_that_later_shows_up_is_ok() -> None:
+    history = [op(1, 0, None, ("put", "k", 5)), op(2, 1000, 1010, ("get", "k"), 5)]
+    assert verdict(history, REGISTER) is Verdict.OK
+
+
+def test_timed_out_write_that_never_shows_up_is_ok() -> None:
+    history = [op(1, 0, None, ("put", "k", 5)), op(2, 1000, 1010, ("get", "k"), None)]
+    assert verdict(history, REGISTER) is Verdict.OK
+
+
+def test_timed_out_write_cannot_take_effect_before_its_call() -> None:
+    history = [op(1, 0, 10, ("get", "k"), 5), op(2, 20, None, ("put", "k", 5))]
+    assert verdict(history, REGISTER) is Verdict.VIOLATION
+
+
+def test_timed_out_write_cannot_flicker() -> None:
+    # Seen, then unseen: the unknown write took effect once, and nothing overwrote it.
+    history = [
+        op(1, 0, None, ("put", "k", 5)),
+        op(2, 10, 20, ("get", "k"), 5),
+        op(3, 30, 40, ("get", "k"), None),
+    ]
+    assert verdict(history, REGISTER) is Verdict.VIOLATION
+
+
+def test_unknown_outcome_ignores_the_recorded_output() -> None:
+    # An unknown CAS whose recorded output says "failed" may still have swapped.
+    history = [
+        op(1, 0, 1, ("put", "k", 0)),
+        Operation(2, 2, 2, None, ("cas", "k", 0, 1), False),
+        op(3, 10, 11, ("get", "k"), 1),
+    ]
+    assert verdict(history, REGISTER) is Verdict.OK
+
+
+def test_non_atomic_txn_a_reader_sees_half_of_a_two_key_write() -> None:
+    history = [
+        op(1, 0, 10, ("txn", (), (("a", 1), ("b", 1))), {}),
+        op(2, 5, 15, ("txn", ("a", "b"), ()), {"a": 1, "b": None}),
+    ]
+    result = check(history, TXN)
+    assert result.verdict is Verdict.VIOLATION
+    assert "torn transaction" in result.explanation
+    whole = [history[0], op(2, 5, 15, ("txn", ("a", "b"), ()), {"a": 1, "b": 1})]
+    assert verdict(whole, TXN) is Verdict.OK
+    none = [history[0], op(2, 5, 15, ("txn", ("a", "b"), ()), {"a": None, "b": None})]
+    assert verdict(none, TXN) is Verdict.OK
+
+
+def test_txn_reads_see_the_state_before_its_own_writes() -> None:
+    history = [
+        op(1, 0, 1, ("put", "a", 1)),
+        op(2, 2, 3, ("txn", ("a",), (("a", 2),)), {"a": 1}),
+        op(3, 4, 5, ("get", "a"), 2),
+    ]
+    assert verdict(history, TXN) is Verdict.OK
+
+
+def test_txn_partitions_are_connected_components_of_keys() -> None:
+    history = [
+        op(1, 0, 1, ("put", "a", 1)),
+        op(2, 0, 1, ("put", "b", 1)),
+        op(3, 0, 1, ("put", "c", 1)),
+        op(4, 2, 3, ("txn", ("a",), (("b", 2),)), {"a": 1}),
+    ]
+    result = check(history, TXN)
+    assert (result.verdict, result.partitions) == (Verdict.OK, 2)
+
+
+def test_list_append_reads_must_be_prefix_consistent() -> None:
+    history = [
+        op(1, 0, 10, ("append", "l", 1)),
+        op(2, 0, 10, ("append", "l", 2)),
+        op(3, 20, 30, ("read", "l"), (2, 1)),
+    ]
+    assert verdict(history, LIST) is Verdict.OK
+    torn = [*history, op(4, 20, 30, ("read", "l"), (1, 2))]
+    result = check(torn, LIST)
+    assert result.verdict is Verdict.VIOLATION
+    assert "neither is a prefix" in result.explanation
+    phantom = [*history[:2], op(3, 20, 30, ("read", "l"), (1, 3))]
+    assert "never appended" in check(phantom, LIST).explanation
+
+
+def test_malformed_histories_are_refused() -> None:
+    with pytest.raises(HistoryError):
+        check([op(1, 10, 5, ("get", "k"))], REGISTER)
+    with pytest.raises(HistoryError):
+        check([op(1, 0, 5, ("get", "k")), op(1, 6, 7, ("get", "k"))], REGISTER)
+
+
+def test_history_builders() -> None:
+    recorder = HistoryRecorder()
+    first = recorder.invoke(1, ("put", "k", 1), call_ns=0)
+    second = recorder.invoke(2, ("get", "k"), call_ns=1)
+    recorder.complete(second, 1, return_ns=5)
+    recorder.invoke(3, ("put", "k", 2), call_ns=6)  # never completes
+    history = recorder.finish()
+    assert [(o.op_id, o.return_ns) for o in history] == [(first, None), (second, 5), (2, None)]
+    assert verdict(history, REGISTER) is Verdict.OK
+    events: list[tuple[str, int, int, int, object]] = [
+        ("invoke", 1, 1, 0, ("put", "k", 1)),
+        ("invoke", 2, 2, 1, ("get", "k")),
+        ("ok", 1, 1, 3, None),
+        ("unknown", 2, 2, 4, None),
+        ("invoke", 3, 3, 5, ("get", "k")),
+    ]
+    built = from_events(events)
+    assert [(o.op_id, o.return_ns, o.output) for o in built] == [
+        (1, 3, None),
+        (2, None, None),
+        (3, None, None),
+    ]
+
+
+# --- Bounds ------------------------------------------------------------------------
+
+
+def _adversarial_history(writers: int) -> list[Operation]:
+    """Many concurrent writes and a concurrent read of a value no one wrote: the search
+    must try every subset of writes before it can say no."""
+    history = [op(i, 0, 1000, ("put", "k", i)) for i in range(writers)]
+    history.append(op(writers, 0, 1000, ("get", "k"), -1))
+    return history
+
+
+def test_tiny_time_budget_on_a_huge_adversarial_history_gives_unknown_quickly() -> None:
+    started = time.monotonic()
+    result = check(_adversarial_history(60), REGISTER, time_budget_s=0.2)
+    assert result.verdict is Verdict.UNKNOWN
+    assert "time budget" in result.explanation
+    assert time.monotonic() - started < 2.0
+
+
+def test_state_cap_gives_unknown() -> None:
+    result = check(_adversarial_history(30), REGISTER, max_states=1000)
+    assert result.verdict is Verdict.UNKNOWN
+    assert "1000 states" in result.explanation
+
+
+def test_a_violation_in_another_partition_beats_an_unknown_one() -> None:
+    stale = [
+        op(100, 0, 10, ("put", "z", 1)),
+        op(101, 20, 30, ("put", "z", 2)),
+        op(102, 40, 50, ("get", "z"), 1),
+    ]
+    result = check(_adversarial_history(30) + stale, REGISTER, max_states=1000)
+    assert result.verdict is Verdict.VIOLATION
+
+
+# --- A brute-force reference checker ---------------------------------------------
+
+
+def brute_force_linearizable(history: Sequence[Operation], model: Model) -> bool:
+    """Each partition (a model's state covers one) has some linearization."""
+    return all(_brute_force_part(part, model) for part in model.partition(history))
+
+
+def _brute_force_part(history: Sequence[Operation], model: Model) -> bool:
+    """Every subset of unknown ops, every order of the chosen ops that keeps real time."""
+    known = [o for o in history if o.known]
+    unknown = [o for o in history if not o.known]
+    for size in range(len(unknown) + 1):
+        for chosen in combinations(unknown, size):
+            for order in permutations(known + list(chosen)):
+                if _respects_real_time(order) and _legal(order, model):
+                    return True
+    return False
+
+
+def _respects_real_time(order: Sequence[Operation]) -> bool:
+    for i, later in enumerate(order):
+        for earlier in order[i + 1 :]:
+            # `earlier` is placed after `later`: wrong if it returned before `later` was called.
+            if earlier.return_ns is not None and earlier.return_ns < later.call_ns:
+                return False
+    return True
+
+
+def _legal(order: Sequence[Operation], model: Model) -> bool:
+    state = model.init()
+    for o in order:
+        after = model.step(state, o.input, o.output, o.known)
+        if after is None:
+            return False
+        state = after
+    return True
+
+
+# --- Random histories ----------------------------------------------------------------
+
+VALUES = (1, 2, 3)
+KEYS = ("a", "b")
+
+
+def register_inputs(keys: tuple[str, ...]) -> st.SearchStrategy[tuple[object, ...]]:
+    key = st.sampled_from(keys)
+    value = st.sampled_from(VALUES)
+    return st.one_of(
+        st.tuples(st.just("get"), key),
+        st.tuples(st.just("put"), key, value),
+        st.tuples(st.just("cas"), key, st.sampled_from((None, *VALUES)), value),
+        st.tuples(st.just("delete"), key),
+    )
+
+
+def txn_inputs() -> st.SearchStrategy[tuple[object, ...]]:
+    txn = st.tuples(
+        st.just("txn"),
+        st.lists(st.sampled_from(KEYS), unique=True, max_size=2).map(tuple),
+        st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from(VALUES)), max_size=2).map(
+            lambda writes: tuple(dict(writes).items())
+        ),
+    )
+    return st.one_of(register_inputs(KEYS), txn)
+
+
+def list_inputs() -> st.SearchStrategy[tuple[object, ...]]:
+    key = st.sampled_from(KEYS)
+    return st.one_of(
+        st.tuples(st.just("append"), key, st.integers(0, 1000)),
+        st.tuples(st.just("read"), key),
+    )
+
+
+def sequential_output(store: dict[object, object], input: tuple[object, ...]) -> object:
+    """An independent sequential spec: a plain dict (lists are tuples, absent is None)."""
+    match input:
+        case ("get", key) | ("read", key):
+            return store.get(key, () if input[0] == "read" else None)
+        case ("put", key, value):
+            store[key] = value
+            return None
+        case ("cas", key, expected, new):
+            if store.get(key) != expected:
+                return False
+            store[key] = new
+            return True
+        case ("delete", key):
+            return 1 if store.pop(key, None) is not None else 0
+        case ("append", key, element):
+            store[key] = (*store.get(key, ()), element)  # type: ignore[misc]
+            return None
+        case ("txn", reads, writes):
+            observed = {k: store.get(k) for k in reads}  # type: ignore[attr-defined]
+            for k, v in writes:  # type: ignore[attr-defined]
+                store[k] = v
+            return observed
+    raise AssertionError(input)
+
+
+@st.composite
+def correct_histories(
+    draw: st.DrawFn, inputs: st.SearchStrategy[tuple[object, ...]], max_ops: int
+) -> list[Operation]:
+    """Ops with random intervals and a linearization point inside each; outputs are
+    computed by executing the ops in linearization-point order. Some ops lose their
+    outcome; some of those never take effect at all."""
+    count = draw(st.integers(1, max_ops))
+    planned = []
+    for op_id in range(count):
+        call_ns = draw(st.integers(0, 100))
+        point_ns = call_ns + draw(st.integers(0, 30))
+        return_ns = point_ns + draw(st.integers(0, 30))
+        fate = draw(st.sampled_from(("known",) * 8 + ("unknown", "lost")))
+        planned.append((point_ns, op_id, call_ns, return_ns, draw(inputs), fate))
+    store: dict[object, object] = {}
+    history = []
+    for _, op_id, call_ns, return_ns, input, fate in sorted(planned):
+        output = None if fate == "lost" else sequential_output(store, input)
+        if fate == "known":
+            history.append(Operation(op_id, op_id % 3, call_ns, return_ns, input, output))
+        else:
+            history.append(Operation(op_id, op_id % 3, call_ns, None, input, None))
+    return history
+
+
+@st.composite
+def random_histories(
+    draw: st.DrawFn, inputs: st.SearchStrategy[tuple[object, ...]], max_ops: int
+) -> list[Operation]:
+    """Small histories with random outputs: often not linearizable."""
+    count = draw(st.integers(1, max_ops))
+    history = []
+    unknown_left = 2
+    for op_id in range(count):
+        call_ns = draw(st.integers(0, 20))
+        input = draw(inputs)
+        if unknown_left and draw(st.integers(0, 4)) == 0:
+            unknown_left -= 1
+            history.append(Operation(op_id, 0, call_ns, None, input, None))
+            continue
+        return_ns = call_ns + draw(st.integers(0, 10))
+        history.append(Operation(op_id, 0, call_ns, return_ns, input, draw(outputs_for(input))))
+    return history
+
+
+def outputs_for(input: tuple[object, ...]) -> st.SearchStrategy[object]:
+    value = st.sampled_from((None, *VALUES))
+    match input[0]:
+        case "get":
+            return value
+        case "cas":
+            return st.booleans()
+        case "delete":
+            return st.sampled_from((None, 0, 1))
+        case "txn":
+            reads = input[1]
+            assert isinstance(reads, tuple)
+            return st.fixed_dictionaries({k: value for k in reads})
+        case "read":
+            return st.lists(st.integers(0, 3), max_size=2).map(tuple)
+    return st.none()
+
+
+def short_list_inputs() -> st.SearchStrategy[tuple[object, ...]]:
+    key = st.sampled_from(KEYS)
+    return st.one_of(
+        st.tuples(st.just("append"), key, st.integers(0, 3)),
+        st.tuples(st.just("read"), key),
+    )
+
+
+MODELS: dict[
+    str, tuple[Model, st.SearchStrategy[tuple[object, ...]], st.SearchStrategy[tuple[object, ...]]]
+] = {
+    "register": (REGISTER, register_inputs(KEYS), register_inputs(KEYS)),
+    "txn": (TXN, txn_inputs(), txn_inputs()),
+    "list": (LIST, list_inputs(), short_list_inputs()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_histories_from_a_correct_execution_are_linearizable(name: str) -> None:
+    model, inputs, _ = MODELS[name]
+
+    @settings(max_examples=60, deadline=None)
+    @given(correct_histories(inputs, max_ops=16))
+    def run(history: list[Operation]) -> None:
+        result = check(history, model)
+        assert result.verdict is Verdict.OK, result.explanation
+
+    run()
+
+
+def test_a_read_of_a_value_never_written_makes_a_correct_history_a_violation() -> None:
+    @settings(max_examples=30, deadline=None)
+    @given(correct_histories(register_inputs(KEYS), max_ops=10), st.data())
+    def run(history: list[Operation], data: st.DataObject) -> None:
+        reads = [i for i, o in enumerate(history) if o.known and o.input[0] == "get"]  # type: ignore[index]
+        if not reads:
+            return
+        target = data.draw(st.sampled_from(reads))
+        mutated = list(history)
+        original = mutated[target]
+        mutated[target] = Operation(
+            original.op_id,
+            original.client_id,
+            original.call_ns,
+            original.return_ns,
+            original.input,
+            99,
+        )
+        result = check(mutated, REGISTER)
+        assert result.verdict is Verdict.VIOLATION
+        # The witness may be another op the mutated read made impossible (e.g. a later
+        # delete that counted the key); whatever it is, it must truly fail.
+        assert set(result.failing) <= set(mutated)
+        if len(result.failing) <= 7:
+            assert not brute_force_linearizable(result.failing, REGISTER)
+
+    run()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_verdicts_match_a_brute_force_checker_on_small_random_histories(name: str) -> None:
+    model, _, inputs = MODELS[name]
+
+    @settings(max_examples=150, deadline=None)
+    @given(random_histories(inputs, max_ops=6))
+    def run(history: list[Operation]) -> None:
+        result = check(history, model)
+        expected = brute_force_linearizable(history, model)
+        assert result.verdict is (Verdict.OK if expected else Verdict.VIOLATION), history
+        if result.verdict is Verdict.VIOLATION:
+            _assert_minimal_failing(result, model)
+
+    run()
+
+
+def _assert_minimal_failing(result: CheckResult, model: Model) -> None:
+    """The witness fails, and relaxing any one op of it (to an unknown outcome) makes it
+    linearizable, except writes the shrinker keeps because a remaining op observed them."""
+    failing = list(result.failing)
+    assert not brute_force_linearizable(failing, model)
+    for i in range(len(failing)):
+        if any(model.observed_by(failing[i], other) for other in failing):
+            continue
+        relaxed = [o.with_unknown_outcome() if j == i else o for j, o in enumerate(failing)]
+        assert brute_force_linearizable(relaxed, model)
