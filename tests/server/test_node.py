@@ -16,7 +16,7 @@ from raftkv.server.apply import LeaseGrantResponse
 from raftkv.server.config import ServerConfig
 from raftkv.server.node import Node
 from raftkv.server.requests import LeaseGrantRequest, LeaseRevokeRequest
-from raftkv.storage.errors import LeaseNotFoundError
+from raftkv.storage.errors import DiskError, LeaseNotFoundError
 from raftkv.storage.mvcc import PutRequest, RangeRequest
 
 HEARTBEAT_MS = 20
@@ -228,3 +228,20 @@ async def test_adding_voters_that_never_start_stops_before_quorum_is_lost(tmp_pa
         await leader.propose(PutRequest(b"still", b"writable"))
     finally:
         await _stop_all(nodes)
+
+
+@run
+async def test_a_failing_disk_while_stopping_still_stops_the_member(tmp_path: Path) -> None:
+    (node,) = await _start(tmp_path, 1)
+
+    def broken_flush() -> None:
+        raise DiskError("backend sync failed: EIO")
+
+    real_close = node.backend.close
+    node.backend.flush = broken_flush  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(node.stop(), 10)
+        error = await asyncio.wait_for(node.wait_stopped(), 1)
+        assert isinstance(error, DiskError)
+    finally:
+        real_close()

@@ -279,18 +279,31 @@ class Node:
             await self._stopped.wait()
             return
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.transport.stop()
-        self._fail_everything(errors.StoppedError())
-        self.persistence.close()
-        self.backend.flush()
-        self.backend.close()
-        self._stopped.set()
+        try:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.transport.stop()
+            self._fail_everything(errors.StoppedError())
+            self._close_storage()
+        finally:
+            # Whatever failed above (a dying disk), the member is stopped: serve() must
+            # see it and exit rather than wait forever.
+            self._stopped.set()
         log.info("member %x stopped", self.member_id)
+
+    def _close_storage(self) -> None:
+        for close in (self.persistence.close, self.backend.flush, self.backend.close):
+            try:
+                close()
+            except Exception as error:  # keep closing the rest; the error is reported
+                log.error(
+                    "member %x: %s failed while stopping: %r", self.member_id, close.__name__, error
+                )
+                if self._fatal is None:
+                    self._fatal = error
 
     async def wait_stopped(self) -> BaseException | None:
         """Wait until the member stops (e.g. removed, or a fatal error); the error, if any."""
