@@ -456,7 +456,7 @@ class Node:
         try:
             self.rawnode.read_index(batch.context)
         except ReadIndexDropped as error:
-            log.debug("read index dropped (%s); retried on the next tick", error)
+            log.debug("read index dropped (%s); asked again after an election timeout", error)
 
     def _retry_stale_reads(self) -> None:
         """ReadIndex requests may be lost (leader change, dropped forward): ask again."""
