@@ -29,7 +29,7 @@ from raftkv.raft import Entry, EntryType
 from raftkv.raft.messages import Index, Term
 from raftkv.server.apply import Applier, Response
 from raftkv.server.errors import BadLeaderTransfereeError, NotLeaderError
-from raftkv.server.interface import Header, Member, NodeStatus
+from raftkv.server.interface import ETCD_API_VERSION, Header, Member, NodeStatus
 from raftkv.server.requests import (
     AlarmAction,
     AlarmRequest,
@@ -49,7 +49,6 @@ from raftkv.storage.mvcc import KVStore, PutRequest, TxnRequest
 from raftkv.storage.mvcc.watchable import WatchHub
 
 MAP_SIZE_BYTES = 256 * limits.MIB
-API_VERSION = "3.5.0"
 TICKS_PER_SECOND = 10
 ELECTION_TICKS = 10
 MEMBERSHIP_NOT_SUPPORTED = "raftkv: LocalNode (a test double) has no membership changes"
@@ -163,7 +162,7 @@ class LocalNode:
 
     def status(self) -> NodeStatus:
         return NodeStatus(
-            version=API_VERSION,
+            version=ETCD_API_VERSION,
             db_size_bytes=self.backend.size_bytes(),
             db_size_in_use_bytes=self.backend.size_in_use_bytes(),
             db_size_quota_bytes=self.kv.quota_bytes,

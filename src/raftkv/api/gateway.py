@@ -35,11 +35,12 @@ from raftkv.api import gateway_json
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.api.gateway_http import Connection, HttpError, Request
 from raftkv.api.gateway_routes import ROUTES, CallKind, Route
+from raftkv.server.interface import ETCD_API_VERSION
 
 # The etcd versions /version reports: the API raftkv speaks (raftkv.server.interface
 # NodeStatus.version says the same through Status).
-ETCD_API_VERSION = "3.5.0"
-ETCD_CLUSTER_VERSION = "3.5.0"
+# One version for the server and the cluster: raftkv has no mixed-version clusters.
+ETCD_CLUSTER_VERSION = ETCD_API_VERSION
 
 # The end of a response stream (grpc-stubs does not declare it).
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]

@@ -21,6 +21,9 @@ from raftkv.storage.lease.lessor import TimeToLive
 from raftkv.storage.mvcc import KVStore
 from raftkv.storage.mvcc.watchable import WatchHub
 
+# The etcd API version a member reports (Status, the gateway's /version).
+ETCD_API_VERSION = "3.5.0"
+
 
 @dataclass(frozen=True, slots=True)
 class Member:

@@ -47,7 +47,7 @@ from raftkv.raft.quorum import majority_size
 from raftkv.server import errors
 from raftkv.server.apply import Applier, Response, Result, conf_change_context
 from raftkv.server.config import ServerConfig
-from raftkv.server.interface import Header, Member, NodeStatus
+from raftkv.server.interface import ETCD_API_VERSION, Header, Member, NodeStatus
 from raftkv.server.peer_rpc import PeerCall, PeerReply, decode_call, decode_reply, encode_call
 from raftkv.server.requests import (
     AlarmAction,
@@ -75,7 +75,6 @@ from raftkv.storage.raft_storage import RaftPersistence
 
 log = logging.getLogger("raftkv.node")
 
-ETCD_API_VERSION = "3.5.0"
 _READ_CONTEXT = struct.Struct(">Q")
 
 
@@ -237,7 +236,7 @@ class Node:
             self.watch_hub.rebind(self.kv)
 
     async def _start_transport(self) -> None:
-        host, port = _host_port(self.config.listen_peer_urls[0])
+        host, port = parse_peer_url(self.config.listen_peer_urls[0])
         self.transport = Transport(
             member_id=self.member_id,
             cluster_id=self.cluster_id,
@@ -1083,12 +1082,6 @@ def _proposal_batches(queue: list[bytes]) -> list[list[bytes]]:
     return batches
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    rest = url.split("://", 1)[-1].rstrip("/")
-    host, _, port = rest.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _check_peer_url(url: str) -> None:
     try:
         parse_peer_url(url)
@@ -1104,4 +1097,4 @@ def _fsync_directory(path: str) -> None:
         os.close(fd)
 
 
-__all__ = ["ETCD_API_VERSION", "AutoCompactor", "Node"]
+__all__ = ["AutoCompactor", "Node"]
