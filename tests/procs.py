@@ -30,6 +30,7 @@ from types import TracebackType
 import grpc
 
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from raftkv.up import member_serve_flags
 
 HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 10.0
@@ -166,16 +167,7 @@ class RaftkvCluster:
         if not isinstance(initial_cluster, str):
             initial_cluster = ",".join(f"{n}={url}" for n, url in initial_cluster.items())
         member.serve_flags = [
-            f"--name={name}",
-            f"--data-dir={member.data_dir}",
-            f"--listen-client-urls={member.client_url}",
-            f"--advertise-client-urls={member.client_url}",
-            f"--listen-client-http-urls={member.gateway_url}",
-            f"--listen-peer-urls={member.peer_url}",
-            f"--initial-advertise-peer-urls={member.peer_url}",
-            f"--initial-cluster={initial_cluster}",
-            f"--initial-cluster-state={state}",
-            f"--initial-cluster-token={CLUSTER_TOKEN}",
+            *member_serve_flags(member, initial_cluster, state, CLUSTER_TOKEN),
             *_flag_args(self.extra_flags),
         ]
         self.members.append(member)

@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import grpc
 
@@ -111,9 +111,30 @@ def last_port(size: int, base_port: int) -> int:
     return base_port + limits.UP_PORT_STRIDE * (size - 1) + 2
 
 
-def serve_flags(member: UpMember, members: Sequence[UpMember]) -> list[str]:
-    """The ``raftkv serve`` flags that start ``member`` of ``members``."""
-    initial_cluster = ",".join(f"{peer.name}={peer.peer_url}" for peer in members)
+class MemberAddresses(Protocol):
+    """What the serve flags need of a member (``UpMember``, or a test harness's own)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    @property
+    def client_url(self) -> str: ...
+
+    @property
+    def gateway_url(self) -> str: ...
+
+    @property
+    def peer_url(self) -> str: ...
+
+
+def member_serve_flags(
+    member: MemberAddresses, initial_cluster: str, state: str, token: str
+) -> list[str]:
+    """The ``raftkv serve`` flags for one local member: gRPC, gateway and peer URLs on its
+    own ports, its data dir, and the cluster it bootstraps (``new``) or joins."""
     return [
         f"--name={member.name}",
         f"--data-dir={member.data_dir}",
@@ -123,9 +144,15 @@ def serve_flags(member: UpMember, members: Sequence[UpMember]) -> list[str]:
         f"--listen-peer-urls={member.peer_url}",
         f"--initial-advertise-peer-urls={member.peer_url}",
         f"--initial-cluster={initial_cluster}",
-        "--initial-cluster-state=new",
-        f"--initial-cluster-token={CLUSTER_TOKEN}",
+        f"--initial-cluster-state={state}",
+        f"--initial-cluster-token={token}",
     ]
+
+
+def serve_flags(member: UpMember, members: Sequence[UpMember]) -> list[str]:
+    """The ``raftkv serve`` flags that start ``member`` of ``members``."""
+    initial_cluster = ",".join(f"{peer.name}={peer.peer_url}" for peer in members)
+    return member_serve_flags(member, initial_cluster, "new", CLUSTER_TOKEN)
 
 
 def run_up(size: int, data_dir: Path, base_port: int, host: str, out: TextIO = sys.stdout) -> int:
