@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -61,10 +62,7 @@ async def _serve(config: ServerConfig) -> int:
         return EXIT_FATAL
     options = ApiOptions(max_request_bytes=config.max_request_bytes, max_txn_ops=config.max_txn_ops)
     client_addresses = _addresses(config.listen_client_urls)
-
-    def extra(server: object) -> None:
-        add_election_and_lock(server, node)  # type: ignore[arg-type]
-
+    extra = functools.partial(add_election_and_lock, node=node)
     grpc_server = await start_grpc_server(node, client_addresses, options, extra_servicers=extra)
     gateway = None
     if config.listen_client_http_urls and config.enable_grpc_gateway:
