@@ -179,6 +179,24 @@ async def test_restart_keeps_every_acknowledged_write(tmp_path: Path) -> None:
 
 
 @run
+async def test_a_founding_member_stopped_before_applying_anything_restarts(tmp_path: Path) -> None:
+    # Alone of three it can never elect a leader, so nothing past the bootstrap snapshot
+    # is applied before it stops: the backend must already be at that snapshot's index.
+    urls = _cluster_urls(3)
+    config = _config(tmp_path, "m0", urls, unsafe_no_fsync=False)
+    node = Node(config)
+    await node.start()
+    await node.stop()
+    node = Node(config)
+    await node.start()
+    try:
+        assert node.backend.consistent_index().index == 1
+        assert len(node.member_store.all()) == 3
+    finally:
+        await node.stop()
+
+
+@run
 async def test_new_member_catches_up_by_snapshot(tmp_path: Path) -> None:
     nodes = await _start(tmp_path, 3, snapshot_count=20)
     try:

@@ -44,6 +44,7 @@ from raftkv.raft import (
 )
 from raftkv.raft.messages import Entry, Snapshot
 from raftkv.raft.quorum import majority_size
+from raftkv.raft.storage import BOOTSTRAP_INDEX, BOOTSTRAP_TERM
 from raftkv.server import errors
 from raftkv.server.apply import Applier, Response, Result, conf_change_context
 from raftkv.server.config import ServerConfig
@@ -179,6 +180,9 @@ class Node:
             for record in records:
                 self.member_store.put(batch, record)
             self.member_store.set_cluster_id(batch, cluster_id)
+            # The backend holds the bootstrap snapshot's state (the members), so it is at
+            # the snapshot's index: a member stopped before it applies anything restarts.
+            batch.set_consistent_index(BOOTSTRAP_INDEX, BOOTSTRAP_TERM)
         self.backend.flush()
         conf_state = ConfState(voters=frozenset(record.id for record in records))
         return RaftPersistence.bootstrap(disk, self.member_dir, conf_state)
