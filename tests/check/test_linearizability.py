@@ -207,6 +207,53 @@ def test_txn_reads_see_the_state_before_its_own_writes() -> None:
     assert verdict(history, TXN) is Verdict.OK
 
 
+def test_guarded_transfers_that_conserve_the_total_are_ok() -> None:
+    # Two accounts of 10: a transfer of 3 from a to b, then a stale one that fails its guard.
+    history = [
+        op(1, 0, 1, ("txn", (), (("a", 10), ("b", 10))), {}),
+        op(2, 2, 3, ("ctxn", (("a", 10), ("b", 10)), (("a", 7), ("b", 13))), True),
+        op(3, 4, 5, ("ctxn", (("a", 10), ("b", 10)), (("a", 5), ("b", 15))), False),
+        op(4, 6, 7, ("txn", ("a", "b"), ()), {"a": 7, "b": 13}),
+    ]
+    assert verdict(history, TXN) is Verdict.OK
+
+
+def test_two_guarded_transfers_from_the_same_balances_cannot_both_succeed() -> None:
+    history = [
+        op(1, 0, 1, ("txn", (), (("a", 10), ("b", 10))), {}),
+        op(2, 2, 5, ("ctxn", (("a", 10), ("b", 10)), (("a", 7), ("b", 13))), True),
+        op(3, 2, 5, ("ctxn", (("a", 10), ("b", 10)), (("a", 5), ("b", 15))), True),
+    ]
+    assert verdict(history, TXN) is Verdict.VIOLATION
+
+
+def test_an_unknown_guarded_transfer_applies_only_where_its_guard_holds() -> None:
+    # The unknown transfer's guard (a=10) no longer holds after op 2, so it cannot be the
+    # reason a later read sees a=4.
+    base = [
+        op(1, 0, 1, ("txn", (), (("a", 10), ("b", 10))), {}),
+        op(2, 2, 3, ("ctxn", (("a", 10), ("b", 10)), (("a", 7), ("b", 13))), True),
+        op(3, 4, None, ("ctxn", (("a", 10), ("b", 10)), (("a", 4), ("b", 16)))),
+    ]
+    assert verdict([*base, op(4, 6, 7, ("txn", ("a", "b"), ()), {"a": 4, "b": 16})], TXN) is (
+        Verdict.VIOLATION
+    )
+    assert verdict([*base, op(4, 6, 7, ("txn", ("a", "b"), ()), {"a": 7, "b": 13})], TXN) is (
+        Verdict.OK
+    )
+
+
+def test_a_reader_seeing_half_of_a_guarded_transfer_is_a_torn_transaction() -> None:
+    history = [
+        op(1, 0, 1, ("txn", (), (("a", 10), ("b", 10))), {}),
+        op(2, 2, 5, ("ctxn", (("a", 10), ("b", 10)), (("a", 7), ("b", 13))), True),
+        op(3, 3, 6, ("txn", ("a", "b"), ()), {"a": 7, "b": 10}),
+    ]
+    result = check(history, TXN)
+    assert result.verdict is Verdict.VIOLATION
+    assert "torn transaction" in result.explanation
+
+
 def test_txn_partitions_are_connected_components_of_keys() -> None:
     history = [
         op(1, 0, 1, ("put", "a", 1)),

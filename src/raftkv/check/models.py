@@ -12,6 +12,9 @@ Inputs (tuples):
   ``("delete", key)`` -> None, or the number of keys deleted (0 or 1).
 - ``("txn", reads, writes)`` with ``reads`` a tuple of keys and ``writes`` a tuple of
   (key, value) pairs -> dict of key -> value-or-None, read before the txn's writes.
+- ``("ctxn", guard, writes)``, a guarded multi-key write (etcd's txn with value compares):
+  ``guard`` a tuple of (key, expected value-or-None) pairs -> bool, whether every compare
+  held and so the writes applied. Unknown, it applies only where the guard holds.
 - ``("append", key, element)`` -> None; ``("read", key)`` -> tuple of elements.
 """
 
@@ -71,6 +74,9 @@ def _keys_of(input: object) -> tuple[Hashable, ...]:
         case ("txn", reads, writes):
             assert isinstance(reads, tuple) and isinstance(writes, tuple)
             return tuple(reads) + tuple(key for key, _ in writes)
+        case ("ctxn", guard, writes):
+            assert isinstance(guard, tuple) and isinstance(writes, tuple)
+            return tuple(key for key, _ in guard) + tuple(key for key, _ in writes)
     raise ModelInputError(f"unknown input {input!r}")
 
 
@@ -144,6 +150,9 @@ def _writes_of(op: Operation, key: Hashable) -> list[object]:
         case ("delete", k) if k == key:
             return [_ABSENT]
         case ("txn", _, writes):
+            assert isinstance(writes, tuple)
+            return [value for k, value in writes if k == key]
+        case ("ctxn", _, writes) if not op.known or op.output is True:
             assert isinstance(writes, tuple)
             return [value for k, value in writes if k == key]
     return []
@@ -274,6 +283,14 @@ class KVTxnModel:
                     return None
             for key, value in writes:
                 values[key] = value
+        elif input[0] == "ctxn":
+            _, guard, writes = input
+            assert isinstance(guard, tuple) and isinstance(writes, tuple)
+            holds = all(values.get(key) == expected for key, expected in guard)
+            if known and output != holds:
+                return None
+            if holds:
+                values.update(writes)
         else:
             key = _keys_of(input)[0]
             allowed, after = _register_step(values.get(key), input, output, known)
@@ -290,6 +307,9 @@ class KVTxnModel:
         if op.input[0] == "txn":
             _, reads, writes = op.input
             return f"txn(reads={reads!r}, writes={writes!r}) {_describe_output(op)}"
+        if op.input[0] == "ctxn":
+            _, guard, writes = op.input
+            return f"txn(if {guard!r} then {writes!r}) {_describe_output(op)}"
         return RegisterModel().describe(op)
 
     def describe_state(self, state: State) -> str:
@@ -310,8 +330,10 @@ def _torn_txn_hints(ops: Sequence[Operation]) -> list[str]:
     """A read that sees some, not all, of one multi-key write whose values are unique."""
     hints: list[str] = []
     for writer in ops:
-        if not (isinstance(writer.input, tuple) and writer.input[0] == "txn"):
+        if not (isinstance(writer.input, tuple) and writer.input[0] in ("txn", "ctxn")):
             continue
+        if writer.input[0] == "ctxn" and writer.known and writer.output is not True:
+            continue  # its guard failed: it wrote nothing
         writes = writer.input[2]
         assert isinstance(writes, tuple)
         if len(writes) < 2:
