@@ -368,3 +368,21 @@ CHECK_CLOCK_EVERY_STEPS = 1024
 
 assert CHECK_MAX_VISITED_STATES >= 1
 assert CHECK_CLOCK_EVERY_STEPS >= 1
+
+# --- Verify report (verify/report.py) -----------------------------------------------
+
+# Points in the latency scatter of timeline.png (and unknown-op marks); beyond it every k-th
+# op is drawn, so a 200k-op run still renders in seconds.
+REPORT_SCATTER_MAX_POINTS = 20_000
+# Throughput buckets across the run; a longer run gets buckets wider than 1 s.
+REPORT_MAX_THROUGHPUT_BUCKETS = 10_000
+# Ops drawn in one anomaly's SVG timeline (and listed under it); a witness is small.
+REPORT_SVG_MAX_OPS = 200
+# Characters of an op's "input → output" label on its bar, and of its tooltip.
+REPORT_SVG_LABEL_MAX_CHARS = 60
+REPORT_SVG_TOOLTIP_MAX_CHARS = 2000
+
+assert REPORT_SCATTER_MAX_POINTS >= 1
+assert REPORT_MAX_THROUGHPUT_BUCKETS >= 1
+assert REPORT_SVG_MAX_OPS >= 1
+assert REPORT_SVG_TOOLTIP_MAX_CHARS >= REPORT_SVG_LABEL_MAX_CHARS >= 2
