@@ -254,6 +254,22 @@ def test_a_reader_seeing_half_of_a_guarded_transfer_is_a_torn_transaction() -> N
     assert "torn transaction" in result.explanation
 
 
+def test_shrinking_keeps_the_write_a_successful_cas_compared_against() -> None:
+    # The stale read (op 4) is the violation; the CAS that succeeded on "x" must keep the
+    # put of "x" in the shrunk history, or the CAS alone would look like the culprit.
+    history = [
+        op(1, 0, 1, ("put", "k", "x")),
+        op(2, 2, 3, ("cas", "k", "x", "y"), True),
+        op(3, 4, 5, ("put", "k", "z")),
+        op(4, 6, 7, ("get", "k"), "y"),
+    ]
+    result = check(history, REGISTER)
+    assert result.verdict is Verdict.VIOLATION
+    ids = {o.op_id for o in result.failing}
+    assert 2 not in ids or 1 in ids, result.explanation
+    assert 4 in ids, result.explanation
+
+
 def test_txn_partitions_are_connected_components_of_keys() -> None:
     history = [
         op(1, 0, 1, ("put", "a", 1)),

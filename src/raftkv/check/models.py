@@ -168,6 +168,12 @@ def _reads_of(op: Operation) -> list[tuple[Hashable, object]]:
         case ("txn", reads, _) if isinstance(op.output, dict):
             assert isinstance(reads, tuple)
             return [(key, op.output.get(key)) for key in reads]
+        # A compare that held observed the value it compared against.
+        case ("cas", key, expected, _) if op.output is True:
+            return [(key, expected)]
+        case ("ctxn", guard, _) if op.output is True:
+            assert isinstance(guard, tuple)
+            return list(guard)
     return []
 
 
