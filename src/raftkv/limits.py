@@ -386,3 +386,23 @@ assert REPORT_SCATTER_MAX_POINTS >= 1
 assert REPORT_MAX_THROUGHPUT_BUCKETS >= 1
 assert REPORT_SVG_MAX_OPS >= 1
 assert REPORT_SVG_TOOLTIP_MAX_CHARS >= REPORT_SVG_LABEL_MAX_CHARS >= 2
+
+# --- Verify network (verify/network.py) ---------------------------------------------
+
+# Hosts (server namespaces) one verify network may have; addresses .1 .. .N of its /24.
+NETWORK_MAX_HOSTS = 64
+# One `ip`/`tc` invocation (a whole batch) must finish within this.
+NETWORK_COMMAND_TIMEOUT_MS = 10_000
+# Random run tags / 10.X.Y.0/24 subnets tried before giving up (collisions are rare).
+NETWORK_PICK_ATTEMPTS = 256
+# A run tag is at most this long: "raftkv-" + tag names the root-side veth (<= 15 chars).
+NETWORK_RUN_TAG_MAX_CHARS = 8
+# Packets queued on a slow link before it tail-drops (the queue is what delays them).
+NETWORK_SLOW_QUEUE_PACKETS = 100
+# Rate of the htb classes that must not shape (traffic to the runner, unfaulted peers).
+NETWORK_UNLIMITED_RATE_GBIT = 10
+# Bytes an htb class sends per round; explicit, so tc does not warn at very low or high rates.
+NETWORK_HTB_QUANTUM_BYTES = 1514
+
+assert NETWORK_MAX_HOSTS < 254  # .254 is the runner's own address
+assert NETWORK_SLOW_QUEUE_PACKETS >= 1
