@@ -18,10 +18,9 @@ EXIT_BAD_CONFIG = 2
 # builds each.
 _PENDING: dict[str, str] = {
     "bench": "run the load generator and etcd comparison",
-    "verify": "run fault injection against real server processes",
     "snapshot": "save or restore a snapshot of a running cluster",
 }
-_PENDING_ISSUE = {"bench": 6, "verify": 5, "snapshot": 7}
+_PENDING_ISSUE = {"bench": 6, "snapshot": 7}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     # `serve` parses its own (etcd's) flags: main() hands its arguments to load_config.
     sub.add_parser("serve", help="run one raftkv member (etcd's flags; see `raftkv serve --help`)")
     _add_up_parser(sub)
+    _add_verify_parser(sub)
 
     sim = sub.add_parser("sim", help="run the deterministic cluster simulator (VOPR)")
     sim.add_argument(
@@ -99,6 +99,99 @@ def _add_up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
 
 
+def _add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from raftkv.verify.mutants import MUTANTS
+
+    verify = sub.add_parser(
+        "verify", help="run a cluster under injected faults and check what clients saw"
+    )
+    verify.add_argument("--target", choices=["raftkv", "etcd"], default="raftkv")
+    verify.add_argument(
+        "--nodes", type=bounded_int("nodes", 1, limits.UP_MAX_MEMBERS), default=3, metavar="N"
+    )
+    verify.add_argument(
+        "--duration",
+        type=bounded_int("duration", 1),
+        default=60,
+        metavar="SECONDS",
+        help="how long faults are injected (default: 60)",
+    )
+    verify.add_argument(
+        "--faults",
+        default="kill,pause,partition",
+        help="comma-separated: kill, pause, partition, slow, lossy, membership "
+        "(default: kill,pause,partition)",
+    )
+    verify.add_argument("--seed", type=bounded_int("seed", 0), default=None, metavar="S")
+    verify.add_argument("--out", type=Path, default=None, metavar="DIR")
+    verify.add_argument(
+        "--network",
+        choices=["auto", "netns", "loopback"],
+        default="auto",
+        help="netns: every member in its own network namespace (needs root; required for "
+        "network faults); loopback: all on 127.0.0.1 (default: auto)",
+    )
+    verify.add_argument(
+        "--check-budget",
+        type=bounded_int("check budget", 1),
+        default=300,
+        metavar="SECONDS",
+        help="time the linearizability search may take before it answers unknown",
+    )
+    verify.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the server processes (e.g. PYTHONPATH of another build)",
+    )
+    verify.add_argument(
+        "--mutant",
+        choices=sorted(MUTANTS),
+        default=None,
+        help="run the servers from a deliberately broken build, to see the checkers catch it",
+    )
+    verify.add_argument("--quiet", action="store_true")
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    import random
+    import time
+
+    from raftkv.verify.runner import VerifyOptions, VerifySetupError, parse_faults, run_verify
+
+    try:
+        faults = parse_faults(args.faults)
+        server_env = dict(item.split("=", 1) for item in args.server_env)
+    except ValueError as error:
+        print(f"raftkv verify: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    out_dir = args.out or Path("verify-results") / time.strftime(f"%Y%m%d-%H%M%S-seed{seed}")
+    options = VerifyOptions(
+        out_dir=out_dir,
+        target=args.target,
+        nodes=args.nodes,
+        duration_s=float(args.duration),
+        faults=faults,
+        seed=seed,
+        network=args.network,
+        check_budget_s=float(args.check_budget),
+        server_env=server_env,
+        mutant=args.mutant,
+        quiet=args.quiet,
+    )
+    try:
+        record = run_verify(options)
+    except VerifySetupError as error:
+        print(f"raftkv verify: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if not record.summary.passed:
+        print(f"replay: {record.summary.command}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run_serve(argv: list[str]) -> int:
     from raftkv.server.config import ConfigError, load_config
 
@@ -154,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_sim(args)
     if command == "up":
         return _run_up(args)
+    if command == "verify":
+        return _run_verify(args)
     if command in _PENDING:
         return _not_yet(command)
     parser.error(f"unknown command: {command}")  # unreachable: argparse validates choices

@@ -95,6 +95,7 @@ class MemberProcess:
     command: list[str] = field(default_factory=list)  # set when first started
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    removed: bool = False  # removed from the cluster: never started again
 
     @property
     def client_endpoint(self) -> str:
@@ -256,7 +257,7 @@ class ProcessCluster:
             *flag_args(self.extra_flags),
         ]
         self.members.append(member)
-        self._spawn(member)
+        self._spawn(self.members[-1])
         return len(self.members) - 1
 
     def _spawn(self, member: MemberProcess) -> None:
@@ -319,7 +320,8 @@ class ProcessCluster:
 
     def start_again(self, index: int) -> None:
         """Start a member that is not running (after kill) with the same command."""
-        if not self.members[index].is_running():
+        member = self.members[index]
+        if not member.is_running() and not member.removed:
             self._spawn(self.members[index])
 
     def close(self) -> None:
