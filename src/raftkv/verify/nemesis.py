@@ -23,6 +23,7 @@ from typing import Protocol
 
 from raftkv.client import Client
 from raftkv.client.errors import ClientError
+from raftkv.client.models import Member
 from raftkv.verify.cluster import ProcessCluster
 from raftkv.verify.records import FaultRecord
 
@@ -259,18 +260,20 @@ class Nemesis:
     async def _replace_member(self, start_s: float) -> None:
         """Remove one running non-leader member, then add a new one in its place.
 
-        Either step may fail under faults (no leader, timeouts); a member removed but not
-        yet replaced is replaced at the next membership change, before anything else."""
+        Either step may fail or time out under faults; a remove that timed out may still
+        have happened. So each change starts from the cluster's own member list, and a
+        member removed but not yet replaced is replaced before anything else."""
+        endpoints = self.cluster.endpoints()
         try:
-            if self._replacement is None:
-                removed = await self._remove_one()
-                if removed is None:
-                    return
-                self._replacement = (removed, f"m{self._next_member}")
-                self._next_member += 1
-            removed, name = self._replacement
-            await self._add(name)
-        except (ClientError, TimeoutError, StopIteration) as error:
+            async with Client(endpoints, timeout_s=MEMBER_CALL_TIMEOUT_S) as client:
+                await self._reconcile(client)
+                if self._replacement is None:
+                    removed = await self._remove_one(client)
+                    if removed is None:
+                        return
+                removed, name = self._replacement or ("?", "?")
+                await self._add(client, name)
+        except (ClientError, TimeoutError) as error:
             self.errors.append(f"{start_s:.1f}s membership: {type(error).__name__}: {error}")
             self.say(f"nemesis: membership change failed: {type(error).__name__}: {error}")
             return
@@ -281,7 +284,30 @@ class Nemesis:
             FaultRecord("membership", start_s, self._now_s(), (removed, name), detail)
         )
 
-    async def _remove_one(self) -> str | None:
+    async def _reconcile(self, client: Client) -> None:
+        """Stop every member process the cluster no longer lists (an ambiguous remove)."""
+        members = await self._members(client)
+        listed = {url for member in members for url in member.peer_urls}
+        for index, process in enumerate(self.cluster.members):
+            if process.removed or process.peer_url in listed:
+                continue
+            self._retire(index)
+
+    @staticmethod
+    async def _members(client: Client) -> tuple[Member, ...]:
+        # Linearizable: a lagging member's list could miss a member just added.
+        return await asyncio.wait_for(client.member_list(linearizable=True), MEMBER_CALL_TIMEOUT_S)
+
+    def _retire(self, index: int) -> None:
+        process = self.cluster.members[index]
+        self.cluster.kill(index)
+        process.removed = True
+        shutil.rmtree(process.data_dir, ignore_errors=True)
+        if self._replacement is None:
+            self._replacement = (process.name, f"m{self._next_member}")
+            self._next_member += 1
+
+    async def _remove_one(self, client: Client) -> str | None:
         leader = await asyncio.to_thread(self.cluster.leader_index)
         candidates = [
             i
@@ -291,26 +317,23 @@ class Nemesis:
         if leader is None or not candidates:
             self.say("nemesis: membership: no leader, or no member to replace")
             return None
-        victim = self.cluster.members[self.rng.choice(candidates)]
-        async with Client(self.cluster.endpoints(), timeout_s=MEMBER_CALL_TIMEOUT_S) as client:
-            members = await client.member_list()
-            victim_id = next(m.id for m in members if victim.peer_url in m.peer_urls)
-            await asyncio.wait_for(client.member_remove(victim_id), 2 * MEMBER_CALL_TIMEOUT_S)
-        self.cluster.kill(self.cluster.members.index(victim))
-        victim.removed = True
-        shutil.rmtree(victim.data_dir, ignore_errors=True)
-        return victim.name
+        victim = self.rng.choice(candidates)
+        members = await self._members(client)
+        url = self.cluster.members[victim].peer_url
+        victim_id = next(m.id for m in members if url in m.peer_urls)
+        await asyncio.wait_for(client.member_remove(victim_id), 2 * MEMBER_CALL_TIMEOUT_S)
+        self._retire(victim)
+        return self.cluster.members[victim].name
 
-    async def _add(self, name: str) -> None:
+    async def _add(self, client: Client, name: str) -> None:
         """Add ``name`` unless an earlier, ambiguous attempt did, then start it."""
         planned = await asyncio.to_thread(self.cluster.plan_member, name)
-        async with Client(self.cluster.endpoints(), timeout_s=MEMBER_CALL_TIMEOUT_S) as client:
-            members = await client.member_list()
-            if not any(planned.peer_url in m.peer_urls for m in members):
-                added = await asyncio.wait_for(
-                    client.member_add([planned.peer_url]), 2 * MEMBER_CALL_TIMEOUT_S
-                )
-                members = added.members
+        members = await self._members(client)
+        if not any(planned.peer_url in m.peer_urls for m in members):
+            added = await asyncio.wait_for(
+                client.member_add([planned.peer_url]), 2 * MEMBER_CALL_TIMEOUT_S
+            )
+            members = added.members
         initial = {(m.name or name): m.peer_urls[0] for m in members}
         self.cluster.add_member_process(name, initial, state="existing")
 
