@@ -56,12 +56,13 @@ def run_campaign(
 
 def campaign_markdown(records: list[RunRecord], out_dir: Path) -> str:
     faults: Counter[str] = Counter()
-    fault_seconds: Counter[str] = Counter()
+    fault_seconds: dict[str, float] = {}
     for record in records:
         for fault in record.faults:
             faults[fault.kind] += 1
             if fault.end_s is not None:
-                fault_seconds[fault.kind] += fault.end_s - fault.start_s
+                seconds = fault.end_s - fault.start_s
+                fault_seconds[fault.kind] = fault_seconds.get(fault.kind, 0.0) + seconds
     ops = sum(r.summary.ops_checked for r in records)
     anomalies = sum(r.summary.anomalies for r in records)
     fault_phase_s = sum(r.summary.duration_s for r in records)
@@ -71,7 +72,7 @@ def campaign_markdown(records: list[RunRecord], out_dir: Path) -> str:
         f"- ops checked for linearizability: {ops:,}",
         f"- faults injected: {sum(faults.values())} "
         + "("
-        + ", ".join(f"{k} {n}, {fault_seconds[k]:.0f} s" for k, n in sorted(faults.items()))
+        + ", ".join(f"{k} {n}, {fault_seconds.get(k, 0.0):.0f} s" for k, n in sorted(faults.items()))
         + ")",
         f"- anomalies: {anomalies}",
         "",
