@@ -72,7 +72,9 @@ def campaign_markdown(records: list[RunRecord], out_dir: Path) -> str:
         f"- ops checked for linearizability: {ops:,}",
         f"- faults injected: {sum(faults.values())} "
         + "("
-        + ", ".join(f"{k} {n}, {fault_seconds.get(k, 0.0):.0f} s" for k, n in sorted(faults.items()))
+        + ", ".join(
+            f"{k} {n}, {fault_seconds.get(k, 0.0):.0f} s" for k, n in sorted(faults.items())
+        )
         + ")",
         f"- anomalies: {anomalies}",
         "",

@@ -78,18 +78,22 @@ class Nemesis:
         assert self.network is not None or not set(self.faults) & set(NETWORK_FAULTS)
         self._next_member = len(self.cluster.members) + 1
         self._kinds = [kind for kind in self.faults if kind != "membership"]
+        self._round_kinds = [*self._kinds] + (["membership"] if "membership" in self.faults else [])
 
     def _now_s(self) -> float:
         return (time.monotonic_ns() - self.origin_ns) / 1e9
 
     async def run(self, stop: asyncio.Event) -> None:
         """Rounds of faults until ``stop`` is set; every fault is healed when it returns."""
+        if not self._round_kinds:  # a run without faults: a baseline
+            await stop.wait()
+            return
         while not stop.is_set():
             await _sleep_or_stop(stop, self.rng.uniform(SETTLE_MIN_S, SETTLE_MAX_S))
             if stop.is_set():
                 break
             # A membership change runs alone or, more often, while another fault is on.
-            kind = self.rng.choice([*self._kinds, "membership"] if self._kinds else ["membership"])
+            kind = self.rng.choice(self._round_kinds)
             hold_s = self.rng.uniform(HOLD_MIN_S, HOLD_MAX_S)
             with_membership = "membership" in self.faults and (
                 kind == "membership" or self.rng.random() < 0.4
