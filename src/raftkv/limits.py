@@ -365,9 +365,13 @@ assert SERVER_MAX_PROPOSALS_PER_BATCH <= RAFT_MAX_ENTRIES_PER_PROPOSAL
 CHECK_MAX_VISITED_STATES = 2_000_000
 # Search steps between two looks at the clock (time.monotonic is not free in a hot loop).
 CHECK_CLOCK_EVERY_STEPS = 1024
+# A violation's witness: at most this many direct candidates (stale reads) are tried before
+# the checker falls back to shrinking the failing history.
+CHECK_WITNESS_CANDIDATES = 20
 
 assert CHECK_MAX_VISITED_STATES >= 1
 assert CHECK_CLOCK_EVERY_STEPS >= 1
+assert CHECK_WITNESS_CANDIDATES >= 1
 
 # --- Verify report (verify/report.py) -----------------------------------------------
 

@@ -612,3 +612,22 @@ def _assert_minimal_failing(result: CheckResult, model: Model) -> None:
             continue
         relaxed = [o.with_unknown_outcome() if j == i else o for j, o in enumerate(failing)]
         assert brute_force_linearizable(relaxed, model)
+
+
+def test_a_stale_read_deep_in_a_long_history_gets_a_three_op_witness() -> None:
+    # 3,000 sequential ops on one key; one read returns the value before the latest write.
+    history: list[Operation] = []
+    latest: str | None = None
+    for op_id in range(1, 3001):
+        call = op_id * 10
+        if op_id % 2:
+            latest = f"v{op_id}"
+            history.append(op(op_id, call, call + 5, ("put", "k", latest)))
+        else:
+            history.append(op(op_id, call, call + 5, ("get", "k"), latest))
+    stale = history[1501]  # a get; the put before it overwrote op 1499's value
+    history[1501] = op(stale.op_id, stale.call_ns, stale.return_ns, ("get", "k"), "v1499")
+    result = check(history, REGISTER, time_budget_s=60)
+    assert result.verdict is Verdict.VIOLATION
+    assert [o.op_id for o in result.failing] == [1499, 1501, 1502], result.explanation
+    assert "overwritten before the read was called" in result.explanation

@@ -185,7 +185,7 @@ def check(
             continue
         if failure is None:
             continue
-        failing = _shrink(part, model, budget)
+        failing = _witness(part, part[failure.blocked], model, budget)
         explanation = _explain(number, len(partitions), failing, model, budget)
         return CheckResult(
             Verdict.VIOLATION,
@@ -210,6 +210,32 @@ def _still_fails(ops: Sequence[Operation], model: Model, budget: _Budget) -> boo
         return _search(ops, model, budget) is not None
     except _OutOfBudget:
         return False
+
+
+def _witness(
+    part: Sequence[Operation], blocked: Operation, model: Model, budget: _Budget
+) -> list[Operation]:
+    """A small failing sub-history: one the model sees directly, else a shrunk one."""
+    for candidate in model.witnesses(part)[: limits.CHECK_WITNESS_CANDIDATES]:
+        if _still_fails(candidate, model, budget):
+            return _shrink(candidate, model, budget)
+    return _shrink(_before_blocked(part, blocked, model, budget), model, budget)
+
+
+def _before_blocked(
+    part: Sequence[Operation], blocked: Operation, model: Model, budget: _Budget
+) -> Sequence[Operation]:
+    """The ops called no later than the op the search got stuck on returned, if they still
+    fail on their own: a long history's witness is then found in its first part only."""
+    assert blocked.return_ns is not None, "only a known op can block the search"
+    kept = [op for op in part if op.call_ns <= blocked.return_ns]
+    dropped = [op for op in part if op.call_ns > blocked.return_ns]
+    if not dropped or any(model.observed_by(w, r) for w in dropped for r in kept):
+        return part
+    # The dropped ops made unknown (they may or may not have happened): if that still
+    # fails, so does the whole history, and so do the kept ops alone.
+    relaxed = [*kept, *(op.with_unknown_outcome() for op in dropped)]
+    return kept if _still_fails(relaxed, model, budget) else part
 
 
 def _shrink(part: Sequence[Operation], model: Model, budget: _Budget) -> list[Operation]:

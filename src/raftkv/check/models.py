@@ -58,6 +58,12 @@ class Model(Protocol):
         """Plain reasons, if the model can see any, why these ops have no linearization."""
         ...
 
+    def witnesses(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        """Small sub-histories the model can see are not linearizable whatever the other ops
+        did (a read of a value every write of which was overwritten before the read was
+        called). The checker prefers them to shrinking a long history."""
+        ...
+
 
 class ModelInputError(ValueError):
     """An op's input is not one this model understands."""
@@ -204,6 +210,53 @@ def _register_hints(ops: Sequence[Operation]) -> list[str]:
     return hints
 
 
+def _stale_read_witnesses(ops: Sequence[Operation]) -> list[list[Operation]]:
+    """[writer(s), overwriter(s), read] for each read of a value every writer of which was
+    surely overwritten before the read was called (values are unique per write, so nothing
+    else can explain the read)."""
+    writers_of: dict[tuple[Hashable, object], list[Operation]] = {}
+    for op in ops:
+        for key in _keys_touched(op):
+            for value in _writes_of(op, key):
+                writers_of.setdefault((key, value), []).append(op)
+    witnesses: list[list[Operation]] = []
+    for read in ops:
+        for key, value in _reads_of(read):
+            writers = [w for w in writers_of.get((key, value), []) if w is not read]
+            if value is _ABSENT or not writers:
+                continue
+            later = [_overwriter(w, read, key, value, ops) for w in writers]
+            if all(op is not None for op in later):
+                chosen = {id(op): op for op in [*writers, *later, read] if op is not None}
+                _add_observed_writers(chosen, writers_of)
+                witnesses.append(sorted(chosen.values(), key=lambda o: (o.call_ns, o.op_id)))
+    return sorted(witnesses, key=len)
+
+
+def _add_observed_writers(
+    chosen: dict[int, Operation], writers_of: dict[tuple[Hashable, object], list[Operation]]
+) -> None:
+    """Close the witness: a CAS in it that succeeded on "x" brings the writes of "x" (and so
+    on), or it would fail for the wrong reason (a CAS from nothing)."""
+    pending = list(chosen.values())
+    while pending:
+        op = pending.pop()
+        for key, value in _reads_of(op):
+            if value is _ABSENT:
+                continue
+            for writer in writers_of.get((key, value), []):
+                if id(writer) not in chosen and writer is not op:
+                    chosen[id(writer)] = writer
+                    pending.append(writer)
+
+
+def _keys_touched(op: Operation) -> tuple[Hashable, ...]:
+    try:
+        return _keys_of(op.input)
+    except ModelInputError:
+        return ()
+
+
 def _overwriter(
     writer: Operation, read: Operation, key: Hashable, value: object, ops: Sequence[Operation]
 ) -> Operation | None:
@@ -266,6 +319,9 @@ class RegisterModel:
 
     def hints(self, ops: Sequence[Operation]) -> list[str]:
         return _register_hints(ops)
+
+    def witnesses(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        return _stale_read_witnesses(ops)
 
 
 class KVTxnModel:
@@ -330,6 +386,9 @@ class KVTxnModel:
 
     def hints(self, ops: Sequence[Operation]) -> list[str]:
         return _register_hints(ops) + _torn_txn_hints(ops)
+
+    def witnesses(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        return _stale_read_witnesses(ops)
 
 
 def _torn_txn_hints(ops: Sequence[Operation]) -> list[str]:
@@ -411,6 +470,9 @@ class ListAppendModel:
                     f"prefix of the other: {first.output!r} vs {second.output!r}"
                 )
         return hints
+
+    def witnesses(self, ops: Sequence[Operation]) -> list[list[Operation]]:
+        return []  # the hints name list anomalies; no direct witness yet
 
 
 def _is(op: Operation, name: str) -> bool:
