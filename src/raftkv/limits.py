@@ -352,6 +352,10 @@ SERVER_MAX_PROPOSALS_PER_BATCH = 1024
 SERVER_MAX_LEARNERS = 1
 # How often the member publishes attributes, syncs lagging watchers and checks compaction.
 SERVER_HOUSEKEEPING_INTERVAL_MS = 100
+# A peer heard from within this long counts as connected for the reconfiguration guard
+# (etcd's HealthInterval): no voter is added while a voter is silent, and none is removed
+# if the connected rest would not be a quorum.
+SERVER_MEMBER_HEALTH_INTERVAL_S = 5.0
 # Entries kept in the log after a snapshot, so a slightly lagging follower catches up
 # from the log rather than a snapshot (etcd's SnapshotCatchUpEntries).
 SNAPSHOT_CATCHUP_ENTRIES = 5000

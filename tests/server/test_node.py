@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from raftkv import limits
 from raftkv.server import errors
 from raftkv.server.apply import LeaseGrantResponse
 from raftkv.server.config import ServerConfig
@@ -236,7 +237,9 @@ async def test_adding_voters_that_never_start_stops_before_quorum_is_lost(tmp_pa
     nodes = await _start(tmp_path, 3)
     try:
         leader = _leader(nodes)
-        # Members that never start: the first keeps a quorum of started voters (3 of 4)...
+        # The started-members rule alone (the connectivity guard is the next test's): a
+        # member that never starts keeps a quorum of started voters (3 of 4)...
+        leader._check_connected = lambda kind, member_id: None  # type: ignore[method-assign]
         await leader.member_add([f"http://127.0.0.1:{_free_port()}"], is_learner=False)
         # ...the second would not (3 of 5 is still a quorum), the third would (3 of 6).
         await leader.member_add([f"http://127.0.0.1:{_free_port()}"], is_learner=False)
@@ -246,6 +249,34 @@ async def test_adding_voters_that_never_start_stops_before_quorum_is_lost(tmp_pa
         await leader.propose(PutRequest(b"still", b"writable"))
     finally:
         await _stop_all(nodes)
+
+
+def test_reconfiguration_needs_the_members_it_counts_on_to_be_connected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "SERVER_MEMBER_HEALTH_INTERVAL_S", 0.5)
+    asyncio.run(asyncio.wait_for(_reconfigure_with_a_member_down(tmp_path), 60))
+
+
+async def _reconfigure_with_a_member_down(tmp_path: Path) -> None:
+    nodes = await _start(tmp_path, 3)
+    try:
+        leader = _leader(nodes)
+        down, up = [node for node in nodes if node is not leader]
+        await down.stop()
+        await asyncio.sleep(1.0)  # longer than the health interval: `down` is silent
+        # Removing the connected follower would leave {leader, down}: no working quorum.
+        with pytest.raises(errors.UnhealthyClusterError):
+            await leader.member_remove(up.member_id)
+        # Nor is a voter added while one is down.
+        with pytest.raises(errors.UnhealthyClusterError):
+            await leader.member_add([f"http://127.0.0.1:{_free_port()}"], is_learner=False)
+        # The member that is down may go: it is not part of the working quorum.
+        await leader.member_remove(down.member_id)
+        assert {m.id for m in leader.members()} == {leader.member_id, up.member_id}
+        await leader.propose(PutRequest(b"after", b"removal"))
+    finally:
+        await _stop_all([node for node in nodes if node is not down])
 
 
 @run

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import shutil
@@ -119,6 +120,7 @@ class Node:
         self._snapshot_index = 0
         self._snapshot_sends: set[int] = set()
         self._published = False
+        self._heard_at_s: dict[int, float] = {}  # peer -> time.monotonic() of its last message
 
     # -- Startup ------------------------------------------------------------------------
 
@@ -641,6 +643,31 @@ class Node:
         if len(started & voters) < majority_size(len(voters)):
             raise errors.NotEnoughStartedMembersError()
 
+    def _check_connected(self, kind: ConfChangeType, member_id: int) -> None:
+        """etcd's guard for members that are down: a new voter is added only while every
+        voter is connected; a connected voter is removed only if the connected others stay
+        a quorum (a voter that is down may always go: it is not part of the active quorum).
+        Learners and promotions are not guarded, as in etcd."""
+        voters = {m.id for m in self.member_store.all() if not m.is_learner}
+        connected = self._connected_voters(voters)
+        adding_voter = kind is ConfChangeType.ADD_NODE and self.member_store.get(member_id) is None
+        if adding_voter and connected != voters:
+            raise errors.UnhealthyClusterError()
+        removing_connected_voter = kind is ConfChangeType.REMOVE_NODE and member_id in connected
+        if removing_connected_voter and len(connected) - 1 < 1 + (len(voters) - 1) // 2:
+            raise errors.UnhealthyClusterError()
+
+    def _connected_voters(self, voters: set[int]) -> set[int]:
+        """This member and the voters heard from within the health interval."""
+        now_s = time.monotonic()
+        heard = {
+            voter
+            for voter in voters
+            if now_s - self._heard_at_s.get(voter, -math.inf)
+            <= limits.SERVER_MEMBER_HEALTH_INTERVAL_S
+        }
+        return heard | ({self.member_id} & voters)
+
     async def _wait_member_applied(self, applied: Callable[[], bool]) -> None:
         """After the leader applied a change for us, wait (briefly) until this member has
         too, so the caller's next MemberList here shows it. The change has succeeded
@@ -680,6 +707,7 @@ class Node:
                 "etcdserver: not leader (send membership changes to the leader)"
             )
         await self._check_enough_started(kind, member_id)
+        self._check_connected(kind, member_id)
         request_id = self._new_request_id()
         change = ConfChange(kind, member_id, conf_change_context(request_id, record))
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -762,6 +790,7 @@ class Node:
     def _on_peer_message(self, message: Message) -> None:
         if self._stopping:
             return
+        self._heard_at_s[message.frm] = time.monotonic()
         try:
             self.rawnode.step(message)
         except Exception as error:  # a peer's bad message must not stop the member
