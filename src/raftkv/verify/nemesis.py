@@ -17,6 +17,7 @@ import contextlib
 import random
 import shutil
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -98,7 +99,12 @@ class Nemesis:
             with_membership = "membership" in self.faults and (
                 kind == "membership" or self.rng.random() < 0.4
             )
-            await self._round(kind, hold_s, with_membership, stop)
+            try:
+                await self._round(kind, hold_s, with_membership, stop)
+            except Exception as error:  # a broken round must not end the schedule silently
+                detail = "".join(traceback.format_exception(error)).strip()
+                self.errors.append(f"{self._now_s():.1f}s {kind}: {error!r}")
+                self.say(f"nemesis: round {kind} failed:\n{detail}")
 
     async def _round(
         self, kind: str, hold_s: float, with_membership: bool, stop: asyncio.Event
@@ -268,6 +274,9 @@ class Nemesis:
         have happened. So each change starts from the cluster's own member list, and a
         member removed but not yet replaced is replaced before anything else."""
         endpoints = self.cluster.endpoints()
+        if not endpoints:
+            self.say("nemesis: membership: no member is running")
+            return
         try:
             async with Client(endpoints, timeout_s=MEMBER_CALL_TIMEOUT_S) as client:
                 await self._reconcile(client)

@@ -22,6 +22,8 @@ import datetime
 import random
 import shlex
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,7 @@ from raftkv.client.errors import ClientError
 from raftkv.verify.cluster import Flavor, Hosts, LoopbackHosts, ProcessCluster
 from raftkv.verify.mutants import build_mutant
 from raftkv.verify.nemesis import NETWORK_FAULTS, Nemesis
-from raftkv.verify.network import NetnsNetwork, netns_available
+from raftkv.verify.network import NetnsNetwork, cleanup_stale, netns_available
 from raftkv.verify.records import Anomaly, RunRecord, RunSummary
 from raftkv.verify.workload import PREFIX, RecordedOp, Recorder, WorkloadConfig, Workloads
 
@@ -116,6 +118,7 @@ def _open_network(options: VerifyOptions) -> tuple[NetnsNetwork | None, Hosts]:
     reason = netns_available()
     if reason is not None:
         raise VerifySetupError(f"network namespaces are not available here: {reason}")
+    cleanup_stale()  # what runners killed before they could clean up left behind
     network = NetnsNetwork.create(options.nodes)
     return network, _NamespacedHosts(network, options.nodes)
 
@@ -216,12 +219,19 @@ class _Run:
             asyncio.create_task(nemesis.run(nemesis_stop)),
             asyncio.create_task(self._progress(nemesis_stop)),
         ]
-        await asyncio.sleep(self.options.duration_s)
-        nemesis_stop.set()
-        await tasks[1]  # the nemesis heals what it injected before it returns
-        workloads.stop.set()
-        await tasks[0]
-        await tasks[2]
+        try:
+            await asyncio.sleep(self.options.duration_s)
+            nemesis_stop.set()
+            await tasks[1]  # the nemesis heals what it injected before it returns
+        except Exception as error:  # the history is still worth checking
+            nemesis.errors.append(f"the nemesis stopped: {error!r}")
+            self.say(f"the nemesis stopped: {error!r}")
+        finally:
+            # Python 3.11's wait_for can swallow a cancellation, so the clients are told to
+            # stop rather than cancelled.
+            nemesis_stop.set()
+            workloads.stop.set()
+            await asyncio.gather(tasks[0], tasks[2])
 
     async def _progress(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -230,7 +240,7 @@ class _Run:
                 await with_timeout
             counts = {"ok": 0, "fail": 0, "unknown": 0}
             for op in self.recorder.ops:
-                if op.return_ns is not None or op.status == "unknown":
+                if op.text_out != "pending":  # still in flight otherwise
                     counts[op.status] += 1
             faults = len(self.nemesis.records) if self.nemesis else 0
             self.say(
@@ -497,10 +507,21 @@ def _acknowledged_writes(op: RecordedOp) -> list[tuple[str, str]]:
     return []
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends the run like Ctrl-C, so every member process and namespace is removed."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_verify(options: VerifyOptions) -> RunRecord:
     """Run once and write the report into ``options.out_dir``."""
     from raftkv.verify.report import summary_text, write_report
 
+    _stop_on_sigterm()
     options.out_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(options)
     record = run.execute()
