@@ -35,6 +35,7 @@ from raftkv.client.errors import (
     retry_verdict,
 )
 from raftkv.client.models import Event, EventType, RangeResult, WatchResponse
+from raftkv.client.watch import Watch
 from raftkv.verify.records import OpRecord, OpStatus
 
 T = TypeVar("T")
@@ -457,7 +458,6 @@ class Workloads:
     ) -> int | None:
         """Watch until stop or a restart is due; the revision to resume from, or None if
         the watch could not be started."""
-        deadline_s = time.monotonic() + self.config.watch_restart_every_s * jitter
         watch = client.watch(
             PREFIX, prefix=True, start_revision=observation.start_revision, prev_kv=True
         )
@@ -466,18 +466,24 @@ class Workloads:
         except (ClientError, TimeoutError):
             await watch.cancel()
             return None
-        try:
-            while not self.stop.is_set() and time.monotonic() < deadline_s:
-                try:
-                    response = await asyncio.wait_for(watch.__anext__(), 0.5)
-                except TimeoutError:
-                    continue
-                except (ClientError, StopAsyncIteration):
-                    break
-                responses.append(_observed(response))
-        finally:
-            await watch.cancel()
+        # One task reads every response; it is never interrupted mid-read (a read timed
+        # out and retried could lose a response), only ended by cancelling the watch.
+        reader = asyncio.get_running_loop().create_task(_read_into(watch, responses))
+        stopping = asyncio.get_running_loop().create_task(self.stop.wait())
+        hold_s = self.config.watch_restart_every_s * jitter
+        await asyncio.wait([reader, stopping], timeout=hold_s, return_when="FIRST_COMPLETED")
+        stopping.cancel()
+        await watch.cancel()
+        await reader
         return watch.next_revision
+
+
+async def _read_into(watch: Watch, responses: list[ObservedResponse]) -> None:
+    try:
+        async for response in watch:
+            responses.append(_observed(response))
+    except ClientError:
+        pass  # the watch cannot go on; the next one resumes where this one stopped
 
 
 def _prefix_end(prefix: bytes) -> bytes:
