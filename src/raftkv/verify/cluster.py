@@ -32,7 +32,7 @@ from typing import Literal, Protocol
 import grpc
 
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from raftkv.up import member_serve_flags
+from raftkv.up import UpMember, member_serve_flags
 
 Flavor = Literal["raftkv", "etcd"]
 
@@ -81,40 +81,39 @@ class LoopbackHosts:
 
 
 @dataclass
-class MemberProcess:
-    """One member: its name, host, ports, files and (once started) its process."""
+class ProcessState:
+    """What changes while a member runs: its command, process, and whether it is paused
+    or was removed from the cluster."""
 
-    name: str
-    host_index: int
-    host: str
-    client_port: int
-    peer_port: int
-    gateway_port: int
-    data_dir: Path
-    log_path: Path
     command: list[str] = field(default_factory=list)  # set when first started
     process: subprocess.Popen[bytes] | None = None
     paused: bool = False
     removed: bool = False  # removed from the cluster: never started again
 
-    @property
-    def client_endpoint(self) -> str:
-        return f"{self.host}:{self.client_port}"
+
+@dataclass(frozen=True)
+class MemberProcess(UpMember):
+    """One member: its name, host, ports and files (as ``raftkv up`` plans them) and its
+    process."""
+
+    host_index: int = 0
+    state: ProcessState = field(default_factory=ProcessState, compare=False, repr=False)
 
     @property
-    def client_url(self) -> str:
-        return f"http://{self.client_endpoint}"
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.state.process
 
     @property
-    def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
+    def paused(self) -> bool:
+        return self.state.paused
 
     @property
-    def gateway_url(self) -> str:
-        return f"http://{self.host}:{self.gateway_port}"
+    def removed(self) -> bool:
+        return self.state.removed
 
     def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        process = self.state.process
+        return process is not None and process.poll() is None
 
 
 def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
@@ -230,13 +229,13 @@ class ProcessCluster:
             ports = free_ports(3) if host == LOOPBACK else list(NAMESPACED_PORTS)
             self._planned[name] = MemberProcess(
                 name=name,
-                host_index=host_index,
                 host=host,
                 client_port=ports[0],
                 peer_port=ports[1],
                 gateway_port=ports[2],
                 data_dir=self.root / name,
                 log_path=self.root / f"{name}.log",
+                host_index=host_index,
             )
         return self._planned[name]
 
@@ -251,7 +250,7 @@ class ProcessCluster:
         assert member not in self.members, f"{name} is already started"
         if not isinstance(initial_cluster, str):
             initial_cluster = ",".join(f"{n}={url}" for n, url in initial_cluster.items())
-        member.command = [
+        member.state.command = [
             *self.hosts.command_prefix(member.host_index),
             *server_command(self.flavor, member, initial_cluster, state),
             *flag_args(self.extra_flags),
@@ -265,10 +264,10 @@ class ProcessCluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "RAFTKV_"))}
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
-        member.paused = False
+        member.state.paused = False
         with member.log_path.open("ab") as log_file:
-            member.process = subprocess.Popen(
-                member.command,
+            member.state.process = subprocess.Popen(
+                member.state.command,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -282,20 +281,20 @@ class ProcessCluster:
         if member.process is not None:
             _signal_group(member.process, signal.SIGKILL)
             member.process.wait()
-        member.paused = False
+        member.state.paused = False
 
     def pause(self, index: int) -> None:
         """SIGSTOP member ``index``: it holds its sockets but answers nothing."""
         member = self.members[index]
         if member.process is not None and member.is_running():
             _signal_group(member.process, signal.SIGSTOP)
-            member.paused = True
+            member.state.paused = True
 
     def resume(self, index: int) -> None:
         member = self.members[index]
         if member.process is not None and member.paused:
             _signal_group(member.process, signal.SIGCONT)
-        member.paused = False
+        member.state.paused = False
 
     def stop(self, index: int, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM member ``index`` and wait for it; returns its exit code."""
@@ -323,6 +322,13 @@ class ProcessCluster:
         member = self.members[index]
         if not member.is_running() and not member.removed:
             self._spawn(self.members[index])
+
+    def retire(self, index: int) -> None:
+        """A member removed from the cluster: killed, its data deleted, never started again."""
+        member = self.members[index]
+        self.kill(index)
+        member.state.removed = True
+        shutil.rmtree(member.data_dir, ignore_errors=True)
 
     def close(self) -> None:
         """SIGKILL every member's process group and reap them."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -312,12 +311,9 @@ class Nemesis:
         return await asyncio.wait_for(client.member_list(linearizable=True), MEMBER_CALL_TIMEOUT_S)
 
     def _retire(self, index: int) -> None:
-        process = self.cluster.members[index]
-        self.cluster.kill(index)
-        process.removed = True
-        shutil.rmtree(process.data_dir, ignore_errors=True)
+        self.cluster.retire(index)
         if self._replacement is None:
-            self._replacement = (process.name, f"m{self._next_member}")
+            self._replacement = (self.cluster.members[index].name, f"m{self._next_member}")
             self._next_member += 1
 
     async def _remove_one(self, client: Client) -> str | None:

@@ -90,27 +90,16 @@ class Recorder:
     virtual: list[RecordedOp] = field(default_factory=list)
 
     def invoke(self, client_id: int, workload: str, text: str, model_input: object) -> RecordedOp:
-        op = RecordedOp(
-            len(self.ops) + len(self.virtual),
-            client_id,
-            workload,
-            time.monotonic_ns(),
-            text,
-            model_input,
-        )
+        op = self._new(client_id, workload, text, model_input)
         self.ops.append(op)
         return op
 
     def add_virtual(self, client_id: int, workload: str, text: str, model_input: object) -> None:
-        op = RecordedOp(
-            len(self.ops) + len(self.virtual),
-            client_id,
-            workload,
-            time.monotonic_ns(),
-            text,
-            model_input,
-        )
-        self.virtual.append(op)
+        self.virtual.append(self._new(client_id, workload, text, model_input))
+
+    def _new(self, client_id: int, workload: str, text: str, model_input: object) -> RecordedOp:
+        op_id = len(self.ops) + len(self.virtual)
+        return RecordedOp(op_id, client_id, workload, time.monotonic_ns(), text, model_input)
 
     @staticmethod
     def ok(op: RecordedOp, output: object, text: str) -> None:
