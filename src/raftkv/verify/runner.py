@@ -133,6 +133,7 @@ class _Run:
         self.out_dir = options.out_dir
         self.data_dir = options.out_dir / "data"
         self.started_wall = time.monotonic()
+        self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self.network: NetnsNetwork | None = None
         self.cluster: ProcessCluster | None = None
         self.nemesis: Nemesis | None = None
@@ -468,7 +469,7 @@ class _Run:
             duration_s=self.options.duration_s,
             faults_requested=self.options.faults,
             command=self.options.command(),
-            started_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            started_at=self.started_at,
             ops_by_status=by_status,
             ops_checked=getattr(self, "ops_checked", 0),
             faults_injected=len(faults),
