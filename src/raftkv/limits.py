@@ -414,3 +414,43 @@ NETWORK_HTB_QUANTUM_BYTES = 1514
 
 assert NETWORK_MAX_HOSTS < 254  # .254 is the runner's own address
 assert NETWORK_SLOW_QUEUE_PACKETS >= 1
+
+# --- Verify proxy (verify/proxy.py) -------------------------------------------------
+
+# Hosts one proxy network may have (each has its fronts; NetnsNetwork's limit, kept apart).
+PROXY_MAX_HOSTS = 64
+# Connections proxied at once, over all fronts; one more is closed at accept (peers redial).
+PROXY_MAX_CONNECTIONS = 1024
+# Bytes read from a new connection to learn its sender (a raftkv handshake or one HTTP
+# header block); past it, or after PROXY_SNIFF_TIMEOUT_MS of silence, the sender is unknown.
+PROXY_SNIFF_MAX_BYTES = 8 * 1024
+PROXY_SNIFF_TIMEOUT_MS = 2000
+# Characters of an X-Server-From value scanned for on an unidentified HTTP connection.
+PROXY_HEADER_VALUE_MAX_BYTES = 64
+# One read from a socket; and the unit a fault is applied to (throttled, loss-stalled).
+PROXY_CHUNK_BYTES = 64 * 1024
+PROXY_PIECE_BYTES = 16 * 1024
+# Bytes waiting in the proxy's write buffer towards one side before it stops reading.
+PROXY_WRITE_BUFFER_BYTES = 128 * 1024
+# Bound on the bytes the proxy holds for one direction of one connection: the reader's
+# buffer (at most 2 chunks before asyncio pauses reading), the chunk in hand, the write
+# buffer and the piece just written past its high-water mark. Beyond it: TCP backpressure.
+PROXY_MAX_HELD_BYTES_PER_DIRECTION = 512 * 1024
+# Connecting to the member behind a front.
+PROXY_CONNECT_TIMEOUT_MS = 1000
+# A "lost" piece is delivered after this stall, as TCP's retransmission would deliver it.
+PROXY_LOSS_STALL_MS = 200
+# A slow host may send this many bytes at once after a pause (the token bucket's depth).
+PROXY_SLOW_BURST_BYTES = 16 * 1024
+# A public method waits this long for the proxy's event loop to carry it out.
+PROXY_CALL_TIMEOUT_MS = 10_000
+# Pending connections a front's listening socket queues.
+PROXY_LISTEN_BACKLOG = 128
+
+assert PROXY_SNIFF_MAX_BYTES >= 64
+assert PROXY_PIECE_BYTES <= PROXY_CHUNK_BYTES
+assert PROXY_PIECE_BYTES <= PROXY_SLOW_BURST_BYTES
+assert (
+    3 * PROXY_CHUNK_BYTES + PROXY_WRITE_BUFFER_BYTES + PROXY_PIECE_BYTES + PROXY_SNIFF_MAX_BYTES
+    <= PROXY_MAX_HELD_BYTES_PER_DIRECTION
+)
