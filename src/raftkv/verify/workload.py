@@ -50,6 +50,9 @@ LEASE_PREFIX = "v/lease/"
 class WorkloadConfig:
     register_clients: int = 6
     register_keys: int = 6
+    # Readers pinned to one member each (no fail-over), as a local config reader would be:
+    # a member cut off from the others keeps answering them, so a stale read shows at once.
+    register_readers: int = 3
     transfer_clients: int = 3
     accounts: int = 4
     initial_balance: int = 100
@@ -212,12 +215,14 @@ class Workloads:
         self.conservation_violations: list[str] = []
 
     def _client(self) -> tuple[int, Client, random.Random]:
-        client_id = self._next_client_id
-        self._next_client_id += 1
+        client_id, rng = self._new_client_id()
         endpoints = list(self.endpoints)
-        rng = random.Random(self.rng.getrandbits(64))
         rng.shuffle(endpoints)  # spread clients over the members
         return client_id, Client(endpoints, timeout_s=self.config.op_timeout_s), rng
+
+    def _new_client_id(self) -> tuple[int, random.Random]:
+        self._next_client_id += 1
+        return self._next_client_id - 1, random.Random(self.rng.getrandbits(64))
 
     async def setup(self) -> None:
         """The accounts' opening balances, written as one known txn of the history."""
@@ -236,6 +241,7 @@ class Workloads:
         config = self.config
         loops: list[Callable[[], Awaitable[None]]] = []
         loops += [self._register_loop] * config.register_clients
+        loops += [self._pinned_reader(i) for i in range(config.register_readers)]
         loops += [self._transfer_loop] * config.transfer_clients
         loops += [self._lease_loop] * config.lease_clients
         loops += [self._watch_loop] * config.watchers
@@ -265,6 +271,19 @@ class Workloads:
                     else:
                         await self._cas(client, client_id, key, last_seen.get(key), value)
                 await self._pause(rng)
+
+    def _pinned_reader(self, number: int) -> Callable[[], Awaitable[None]]:
+        async def read_loop() -> None:
+            client_id, rng = self._new_client_id()
+            endpoint = self.endpoints[number % len(self.endpoints)]
+            async with Client([endpoint], timeout_s=self.config.op_timeout_s) as client:
+                while not self.stop.is_set():
+                    key = f"{REGISTER_PREFIX}{rng.randrange(self.config.register_keys)}"
+                    if await self._get(client, client_id, key, "register") is None:
+                        await asyncio.sleep(0.05)  # absent, or the member cannot answer
+                    await self._pause(rng)
+
+        return read_loop
 
     async def _get(self, client: Client, client_id: int, key: str, workload: str) -> str | None:
         op = self.recorder.invoke(client_id, workload, f"get {key}", ("get", key))
