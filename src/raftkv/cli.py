@@ -17,10 +17,9 @@ EXIT_BAD_CONFIG = 2
 # Subcommands that exist in the CLI surface but are not built yet, and the issue that
 # builds each.
 _PENDING: dict[str, str] = {
-    "bench": "run the load generator and etcd comparison",
     "snapshot": "save or restore a snapshot of a running cluster",
 }
-_PENDING_ISSUE = {"bench": 6, "snapshot": 7}
+_PENDING_ISSUE = {"snapshot": 7}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run one raftkv member (etcd's flags; see `raftkv serve --help`)")
     _add_up_parser(sub)
     _add_verify_parser(sub)
+    _add_bench_parser(sub)
 
     sim = sub.add_parser("sim", help="run the deterministic cluster simulator (VOPR)")
     sim.add_argument(
@@ -126,10 +126,12 @@ def _add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     verify.add_argument("--out", type=Path, default=None, metavar="DIR")
     verify.add_argument(
         "--network",
-        choices=["auto", "netns", "loopback"],
+        choices=["auto", "netns", "proxy", "loopback"],
         default="auto",
-        help="netns: every member in its own network namespace (needs root; required for "
-        "network faults); loopback: all on 127.0.0.1 (default: auto)",
+        help="netns: every member in its own network namespace (needs root); proxy: members "
+        "on 127.0.0.1 reach each other through a fault-injecting TCP proxy; loopback: no "
+        "network faults. auto: netns when network faults are asked for and namespaces can "
+        "be made, else proxy; loopback otherwise",
     )
     verify.add_argument(
         "--check-budget",
@@ -152,6 +154,198 @@ def _add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="run the servers from a deliberately broken build, to see the checkers catch it",
     )
     verify.add_argument("--quiet", action="store_true")
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from raftkv.bench.workloads import WORKLOADS
+
+    bench = sub.add_parser(
+        "bench",
+        help="load any etcd v3 endpoint, or compare raftkv with etcd (--compare)",
+        description="raftkv bench --endpoints URLS WORKLOAD [options] | raftkv bench --compare",
+    )
+    bench.add_argument("workload", nargs="?", choices=WORKLOADS, help="what to run")
+    bench.add_argument("--endpoints", default="", metavar="URLS", help="comma-separated")
+    count = bounded_int
+    bench.add_argument(
+        "--clients", type=count("clients", 1, limits.BENCH_MAX_CLIENTS), default=1, metavar="N"
+    )
+    bench.add_argument(
+        "--conns", type=count("conns", 1, limits.BENCH_MAX_CONNECTIONS), default=1, metavar="N"
+    )
+    bench.add_argument(
+        "--workers",
+        type=count("workers", 1, limits.BENCH_MAX_WORKERS),
+        default=None,
+        metavar="N",
+        help="load processes (default: the number of CPUs)",
+    )
+    bench.add_argument("--total", type=count("total", 1), default=None, metavar="N")
+    bench.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS")
+    bench.add_argument(
+        "--rate", type=_positive_float, default=None, metavar="OPS", help="total ops/s limit"
+    )
+    bench.add_argument("--target-leader", action="store_true")
+    bench.add_argument(
+        "--key-size", type=count("key size", 1, limits.BENCH_MAX_KEY_BYTES), default=8
+    )
+    bench.add_argument(
+        "--val-size", type=count("value size", 0, limits.BENCH_MAX_VALUE_BYTES), default=256
+    )
+    bench.add_argument("--sequential-keys", action="store_true")
+    bench.add_argument(
+        "--key-space-size", type=count("key space", 1, limits.BENCH_MAX_KEY_SPACE), default=100_000
+    )
+    bench.add_argument("--consistency", choices=["l", "s"], default="l")
+    bench.add_argument(
+        "--range-keys", type=count("range keys", 1, limits.BENCH_MAX_PRELOAD_KEYS), default=1000
+    )
+    bench.add_argument(
+        "--watchers", type=count("watchers", 1, limits.BENCH_MAX_WATCHERS), default=100
+    )
+    bench.add_argument("--lease-ttl", type=count("lease TTL", 1), default=30, metavar="SECONDS")
+    bench.add_argument("--keepalives-per-lease", type=count("keepalives", 1), default=100)
+    bench.add_argument(
+        "--mixed-objects", type=count("objects", 1, limits.BENCH_MAX_PRELOAD_KEYS), default=1000
+    )
+    bench.add_argument("--list-limit", type=count("list limit", 1), default=500)
+    bench.add_argument("--seed", type=count("seed", 0), default=None)
+    bench.add_argument("--json", type=Path, default=None, metavar="FILE")
+    bench.add_argument("--quiet", action="store_true", help="no progress line")
+    bench.add_argument("--compare", action="store_true", help="raftkv vs etcd, 3 members each")
+    bench.add_argument(
+        "--compare-scale",
+        type=count("scale keys", 1, limits.BENCH_MAX_PRELOAD_KEYS),
+        default=1_000_000,
+        metavar="KEYS",
+        help="keys loaded for the memory and restart figures (default: 1000000)",
+    )
+    bench.add_argument("--compare-duration", type=_positive_float, default=10.0, metavar="SECONDS")
+    bench.add_argument("--compare-repetitions", type=count("repetitions", 1), default=1)
+    bench.add_argument(
+        "--compare-clients", type=count("clients", 1, limits.BENCH_MAX_CLIENTS), default=1000
+    )
+    bench.add_argument(
+        "--compare-conns", type=count("conns", 1, limits.BENCH_MAX_CONNECTIONS), default=100
+    )
+    bench.add_argument(
+        "--compare-watchers", type=count("watchers", 1, limits.BENCH_MAX_WATCHERS), default=1000
+    )
+    bench.add_argument("--compare-watch-writes", type=count("writes", 1), default=500)
+    bench.add_argument(
+        "--compare-only",
+        default="",
+        metavar="KEYS",
+        help="comma-separated comparisons to run (e.g. write_throughput,watch_fanout); "
+        "the memory and restart rows always run (default: all)",
+    )
+    bench.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="--compare: where results go"
+    )
+    bench.add_argument(
+        "--doc", type=Path, default=None, metavar="FILE", help="--compare: append the section"
+    )
+    bench.add_argument(
+        "--work-dir", type=Path, default=None, metavar="DIR", help="--compare: cluster data"
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _run_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from raftkv.bench.load import BenchConfigError, default_workers
+    from raftkv.bench.workloads import BenchSetupError
+    from raftkv.verify.cluster import ClusterError
+
+    workers = args.workers or default_workers()
+    try:
+        if args.compare:
+            return _run_compare(args, argv, workers)
+        return _run_load(args, workers)
+    except BenchConfigError as error:
+        print(f"raftkv bench: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except (BenchSetupError, ClusterError) as error:
+        print(f"raftkv bench: {error}", file=sys.stderr)
+        return 1
+
+
+def _run_load(args: argparse.Namespace, workers: int) -> int:
+    import json
+
+    from raftkv.bench.load import BenchConfigError, BenchOptions, run_bench
+
+    endpoints = tuple(e for e in args.endpoints.split(",") if e)
+    if args.workload is None or not endpoints:
+        raise BenchConfigError("give --endpoints URLS and a WORKLOAD (or --compare)")
+    options = BenchOptions(
+        endpoints=endpoints,
+        workload=args.workload,
+        clients=args.clients,
+        connections=args.conns,
+        workers=workers,
+        total=args.total,
+        duration_s=args.duration,
+        rate_ops_s=args.rate,
+        target_leader=args.target_leader,
+        key_bytes=args.key_size,
+        value_bytes=args.val_size,
+        sequential_keys=args.sequential_keys,
+        key_space=args.key_space_size,
+        serializable=args.consistency == "s",
+        range_keys=args.range_keys,
+        watchers=args.watchers,
+        lease_ttl_s=args.lease_ttl,
+        keepalives_per_lease=args.keepalives_per_lease,
+        mixed_objects=args.mixed_objects,
+        list_limit=args.list_limit,
+        quiet=args.quiet,
+        seed=args.seed,
+    )
+    result = run_bench(options)
+    print(result.format_table())
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return 1 if result.total_errors else 0
+
+
+def _run_compare(args: argparse.Namespace, argv: list[str], workers: int) -> int:
+    import shlex
+    import time
+
+    from raftkv.bench.compare import CompareOptions, run_compare
+    from raftkv.bench.load import BenchConfigError
+
+    if args.workload is not None or args.endpoints:
+        raise BenchConfigError("--compare starts its own clusters: no WORKLOAD or --endpoints")
+    out_dir = args.out or Path("bench-results") / time.strftime("compare-%Y%m%d-%H%M%S")
+    options = CompareOptions(
+        out_dir=out_dir,
+        doc_path=args.doc,
+        work_dir=args.work_dir,
+        scale_keys=args.compare_scale,
+        duration_s=args.compare_duration,
+        repetitions=args.compare_repetitions,
+        workers=workers,
+        clients=args.compare_clients,
+        connections=args.compare_conns,
+        watchers=args.compare_watchers,
+        watch_writes=args.compare_watch_writes,
+        only=tuple(key for key in args.compare_only.split(",") if key),
+        quiet=args.quiet,
+        command=shlex.join(["raftkv", *argv]),
+    )
+    report = run_compare(options)
+    print((out_dir / "compare.md").read_text())
+    return 0 if report.rows else 1
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -249,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_up(args)
     if command == "verify":
         return _run_verify(args)
+    if command == "bench":
+        return _run_bench(args, arguments)
     if command in _PENDING:
         return _not_yet(command)
     parser.error(f"unknown command: {command}")  # unreachable: argparse validates choices

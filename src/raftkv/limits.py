@@ -454,3 +454,54 @@ assert (
     3 * PROXY_CHUNK_BYTES + PROXY_WRITE_BUFFER_BYTES + PROXY_PIECE_BYTES + PROXY_SNIFF_MAX_BYTES
     <= PROXY_MAX_HELD_BYTES_PER_DIRECTION
 )
+
+# --- Bench (bench/) -------------------------------------------------------------------
+
+# Load generator settings accepted by `raftkv bench` (etcd's benchmark tool has no caps;
+# these keep one run within what one machine's processes and file descriptors can hold).
+BENCH_MAX_CLIENTS = 10_000
+BENCH_MAX_CONNECTIONS = 1_000
+BENCH_MAX_WORKERS = 64
+BENCH_MAX_WATCHERS = 10_000
+BENCH_MAX_KEY_BYTES = 1024
+# A put's value stays under the server's request limit with room for the key and framing.
+BENCH_MAX_VALUE_BYTES = MAX_REQUEST_BYTES - 64 * KIB
+BENCH_MAX_KEY_SPACE = 10**12
+BENCH_MAX_RATE_OPS_S = 10_000_000
+# Latency histogram: values in ns, clamped to [lowest, highest]; 2**SUB_BUCKET_BITS linear
+# buckets per power of two, so a bucket is at most 1/128 of its value wide and its midpoint
+# is within 0.4% of any value in it (the stated error is 1%).
+BENCH_HISTOGRAM_LOWEST_NS = 1_000
+BENCH_HISTOGRAM_HIGHEST_NS = 60 * 10**9
+BENCH_HISTOGRAM_SUB_BUCKET_BITS = 7
+BENCH_HISTOGRAM_RELATIVE_ERROR = 0.01
+# Rate limit: the token bucket holds at most this many seconds' worth of a worker's share
+# (and at least one token), so a stalled client cannot release a burst.
+BENCH_RATE_BURST_S = 0.01
+# Workers report their counts this often; the progress line is redrawn as often.
+BENCH_PROGRESS_INTERVAL_S = 0.5
+# One RPC of the load may take this long before it counts as an error.
+BENCH_RPC_TIMEOUT_S = 30.0
+# Worker processes must connect (and open their watches) within this.
+BENCH_WORKER_START_TIMEOUT_S = 120.0
+# After the writes of the watch workload, watchers get this long to receive every event,
+# and give up sooner when no event arrived for the stall timeout.
+BENCH_WATCH_DRAIN_TIMEOUT_S = 600.0
+BENCH_WATCH_STALL_TIMEOUT_S = 10.0
+# Distinct error messages kept per worker (the rest are counted under "other").
+BENCH_MAX_ERROR_KINDS = 20
+BENCH_ERROR_MESSAGE_MAX_CHARS = 200
+# Puts per Txn when preloading keys (etcd's --max-txn-ops default is 128).
+BENCH_LOAD_TXN_OPS = 100
+# Preload Txns in flight at once.
+BENCH_LOAD_CONCURRENCY = 32
+# Keys a workload may preload before it starts (range keys, mixed objects; --compare-scale).
+BENCH_MAX_PRELOAD_KEYS = 10_000_000
+# --compare: a cluster must serve again within this after a full restart.
+BENCH_RESTART_TIMEOUT_S = 600.0
+
+assert BENCH_MAX_CONNECTIONS <= BENCH_MAX_CLIENTS
+assert BENCH_HISTOGRAM_LOWEST_NS >= 1
+assert BENCH_HISTOGRAM_HIGHEST_NS > BENCH_HISTOGRAM_LOWEST_NS
+assert 2.0 ** -(BENCH_HISTOGRAM_SUB_BUCKET_BITS + 1) < BENCH_HISTOGRAM_RELATIVE_ERROR
+assert BENCH_LOAD_TXN_OPS <= MVCC_MAX_TXN_OPS
