@@ -65,6 +65,23 @@ def test_raftkv_under_partitions_and_slow_and_lossy_links(tmp_path: Path) -> Non
     assert record.summary.faults_injected >= 5
 
 
+def test_the_loopback_proxy_fallback_partitions_a_real_cluster(tmp_path: Path) -> None:
+    # Where namespaces cannot be made: members on 127.0.0.1 behind the fault proxy.
+    record = run_verify(
+        VerifyOptions(
+            out_dir=tmp_path / "report",
+            network="proxy",
+            duration_s=20.0,
+            faults=("partition", "slow"),
+            seed=16,
+            check_budget_s=CHECK_BUDGET_S,
+            quiet=True,
+        )
+    )
+    _assert_clean_pass(record, tmp_path / "report")
+    assert record.summary.faults_injected >= 2
+
+
 def test_a_real_etcd_cluster_passes_the_same_checks(tmp_path: Path) -> None:
     faults = ("kill", "pause", "partition")
     record = _run(tmp_path, target="etcd", duration_s=30.0, faults=faults, seed=13)
@@ -99,6 +116,7 @@ def test_the_command_refuses_unknown_faults_and_network_faults_without_namespace
     assert unknown.returncode == 2 and "meteor" in unknown.stderr
     loopback = _verify_cli("--faults", "partition", "--network", "loopback")
     assert loopback.returncode == 2 and "network faults need" in loopback.stderr
+    assert "proxy" in loopback.stderr
 
 
 def test_the_command_runs_a_short_loopback_run_and_exits_zero(tmp_path: Path) -> None:

@@ -62,6 +62,11 @@ class Hosts(Protocol):
 
     def add_host(self) -> int: ...
 
+    def advertised_peer_port(self, index: int, peer_port: int) -> int:
+        """The port other members dial to reach a member listening on ``peer_port`` (a
+        fault-injecting proxy's port, or the same port)."""
+        ...
+
 
 class LoopbackHosts:
     """Every member on 127.0.0.1, on ports the kernel picks; no network faults possible."""
@@ -78,6 +83,9 @@ class LoopbackHosts:
     def add_host(self) -> int:
         self.size += 1
         return self.size - 1
+
+    def advertised_peer_port(self, index: int, peer_port: int) -> int:
+        return peer_port
 
 
 @dataclass
@@ -97,7 +105,17 @@ class MemberProcess(UpMember):
     process."""
 
     host_index: int = 0
+    advertised_peer_port: int = 0  # 0: the listening port; else a proxy in front of it
     state: ProcessState = field(default_factory=ProcessState, compare=False, repr=False)
+
+    @property
+    def peer_url(self) -> str:
+        """The URL the other members dial (and the cluster lists)."""
+        return f"http://{self.host}:{self.advertised_peer_port or self.peer_port}"
+
+    @property
+    def listen_peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def process(self) -> subprocess.Popen[bytes] | None:
@@ -148,7 +166,12 @@ def etcd_binary() -> str:
 def server_command(
     flavor: Flavor, member: MemberProcess, initial_cluster: str, state: str
 ) -> list[str]:
-    flags = member_serve_flags(member, initial_cluster, state, CLUSTER_TOKEN)
+    flags = [
+        f"--listen-peer-urls={member.listen_peer_url}"
+        if flag.startswith("--listen-peer-urls=")
+        else flag
+        for flag in member_serve_flags(member, initial_cluster, state, CLUSTER_TOKEN)
+    ]
     if flavor == "raftkv":
         return [sys.executable, "-m", "raftkv", "serve", *flags]
     etcd_flags = [flag for flag in flags if not flag.startswith("--listen-client-http-urls")]
@@ -236,6 +259,7 @@ class ProcessCluster:
                 data_dir=self.root / name,
                 log_path=self.root / f"{name}.log",
                 host_index=host_index,
+                advertised_peer_port=self.hosts.advertised_peer_port(host_index, ports[1]),
             )
         return self._planned[name]
 

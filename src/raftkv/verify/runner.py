@@ -38,10 +38,11 @@ from raftkv.verify.cluster import Flavor, Hosts, LoopbackHosts, ProcessCluster
 from raftkv.verify.mutants import build_mutant
 from raftkv.verify.nemesis import NETWORK_FAULTS, Nemesis
 from raftkv.verify.network import NetnsNetwork, cleanup_stale, netns_available
+from raftkv.verify.proxy import ProxyNetwork
 from raftkv.verify.records import Anomaly, RunRecord, RunSummary
 from raftkv.verify.workload import PREFIX, RecordedOp, Recorder, WorkloadConfig, Workloads
 
-NetworkMode = Literal["auto", "netns", "loopback"]
+NetworkMode = Literal["auto", "netns", "proxy", "loopback"]
 
 LEADER_TIMEOUT_S = 60.0
 SETUP_TIMEOUT_S = 30.0
@@ -108,13 +109,45 @@ class _NamespacedHosts:
             return self._unused.pop(0)
         return self.network.add_host()
 
+    def advertised_peer_port(self, index: int, peer_port: int) -> int:
+        return peer_port
 
-def _open_network(options: VerifyOptions) -> tuple[NetnsNetwork | None, Hosts]:
+
+class _ProxiedHosts:
+    """Every member on 127.0.0.1; the others reach it through the proxy's front port."""
+
+    def __init__(self, proxy: ProxyNetwork) -> None:
+        self.proxy = proxy
+
+    def host_address(self, index: int) -> str:
+        return self.proxy.host_address(index)
+
+    def command_prefix(self, index: int) -> list[str]:
+        return self.proxy.command_prefix(index)
+
+    def add_host(self) -> int:
+        return self.proxy.add_host()
+
+    def advertised_peer_port(self, index: int, peer_port: int) -> int:
+        return self.proxy.front(index, peer_port)
+
+
+def _open_network(options: VerifyOptions) -> tuple[NetnsNetwork | ProxyNetwork | None, Hosts]:
+    """Where the members run: namespaces when network faults are asked for and root can
+    make them, else the loopback proxy; plain loopback when no network fault is wanted."""
     wants_network = bool(set(options.faults) & set(NETWORK_FAULTS))
-    if options.network == "loopback" or (options.network == "auto" and not wants_network):
+    mode = options.network
+    if mode == "auto":
+        mode = (
+            "loopback" if not wants_network else "netns" if netns_available() is None else "proxy"
+        )
+    if mode == "loopback":
         if wants_network:
-            raise VerifySetupError("network faults need --network=netns (or auto)")
+            raise VerifySetupError("network faults need --network=netns, proxy or auto")
         return None, LoopbackHosts()
+    if mode == "proxy":
+        proxy = ProxyNetwork(seed=options.seed)
+        return proxy, _ProxiedHosts(proxy)
     reason = netns_available()
     if reason is not None:
         raise VerifySetupError(f"network namespaces are not available here: {reason}")
@@ -134,7 +167,7 @@ class _Run:
         self.data_dir = options.out_dir / "data"
         self.started_wall = time.monotonic()
         self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        self.network: NetnsNetwork | None = None
+        self.network: NetnsNetwork | ProxyNetwork | None = None
         self.cluster: ProcessCluster | None = None
         self.nemesis: Nemesis | None = None
         self.workloads: Workloads | None = None
