@@ -67,6 +67,7 @@ class Nemesis:
     rng: random.Random
     origin_ns: int
     say: Callable[[str], None] = print
+    on_members_changed: Callable[[], None] = lambda: None  # clients follow the new members
     records: list[FaultRecord] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # a fault that could not be injected
     _next_member: int = 0
@@ -312,6 +313,7 @@ class Nemesis:
 
     def _retire(self, index: int) -> None:
         self.cluster.retire(index)
+        self.on_members_changed()
         if self._replacement is None:
             self._replacement = (self.cluster.members[index].name, f"m{self._next_member}")
             self._next_member += 1
@@ -345,6 +347,7 @@ class Nemesis:
             members = added.members
         initial = {(m.name or name): m.peer_urls[0] for m in members}
         self.cluster.add_member_process(name, initial, state="existing")
+        self.on_members_changed()
 
     # --- Names -----------------------------------------------------------------------------
 

@@ -223,6 +223,7 @@ class _Run:
             random.Random(self.rng.getrandbits(64)),
             self.recorder.origin_ns,
             say=self.say,
+            on_members_changed=lambda: workloads.set_endpoints(self._live_endpoints()),
         )
         await self._fault_phase(workloads, self.nemesis)
         await self._heal_everything()

@@ -193,6 +193,37 @@ def _value(result: RangeResult) -> str | None:
     return result.kvs[0].value.decode() if result.kvs else None
 
 
+class _Session:
+    """One workload client's connection to the cluster, renewed when the members change
+    (a member replaced by the nemesis is a new endpoint; the removed one is gone)."""
+
+    def __init__(self, workloads: Workloads, rng: random.Random, pinned: int | None) -> None:
+        self._workloads = workloads
+        self._rng = rng
+        self._pinned = pinned  # stay on one member (no fail-over), else spread and fail over
+        self._client: Client | None = None
+        self._generation = -1
+
+    async def client(self) -> Client:
+        workloads = self._workloads
+        if self._client is not None and self._generation == workloads.generation:
+            return self._client
+        await self.close()
+        endpoints = list(workloads.endpoints)
+        if self._pinned is not None:
+            endpoints = [endpoints[self._pinned % len(endpoints)]]
+        else:
+            self._rng.shuffle(endpoints)  # spread clients over the members
+        self._client = Client(endpoints, timeout_s=workloads.config.op_timeout_s)
+        self._generation = workloads.generation
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
 class Workloads:
     """Runs every client until ``stop`` is set; the recorder keeps what they did."""
 
@@ -204,6 +235,7 @@ class Workloads:
         recorder: Recorder,
     ) -> None:
         self.endpoints = list(endpoints)
+        self.generation = 0  # bumped when the endpoints change
         self.config = config
         self.rng = rng
         self.recorder = recorder
@@ -214,25 +246,28 @@ class Workloads:
         self.transfer_reads = 0
         self.conservation_violations: list[str] = []
 
-    def _client(self) -> tuple[int, Client, random.Random]:
-        client_id, rng = self._new_client_id()
-        endpoints = list(self.endpoints)
-        rng.shuffle(endpoints)  # spread clients over the members
-        return client_id, Client(endpoints, timeout_s=self.config.op_timeout_s), rng
+    def set_endpoints(self, endpoints: Sequence[str]) -> None:
+        """The cluster's members changed: every client reconnects to these."""
+        self.endpoints = list(endpoints)
+        self.generation += 1
 
-    def _new_client_id(self) -> tuple[int, random.Random]:
+    def _new_client(self, pinned: int | None = None) -> tuple[int, _Session, random.Random]:
         self._next_client_id += 1
-        return self._next_client_id - 1, random.Random(self.rng.getrandbits(64))
+        rng = random.Random(self.rng.getrandbits(64))
+        return self._next_client_id - 1, _Session(self, rng, pinned), rng
 
     async def setup(self) -> None:
         """The accounts' opening balances, written as one known txn of the history."""
-        client_id, client, _ = self._client()
+        client_id, session, _ = self._new_client()
         accounts = self.account_keys()
         writes = tuple((key, str(self.config.initial_balance)) for key in accounts)
-        async with client:
+        try:
+            client = await session.client()
             op = self.recorder.invoke(client_id, "transfer", "open accounts", ("txn", (), writes))
             await client.txn(success=[Op.put(key, value) for key, value in writes])
             self.recorder.ok(op, {}, "ok")
+        finally:
+            await session.close()
 
     def account_keys(self) -> list[str]:
         return [f"{ACCOUNT_PREFIX}{n}" for n in range(self.config.accounts)]
@@ -254,11 +289,12 @@ class Workloads:
     # --- register ------------------------------------------------------------------------
 
     async def _register_loop(self) -> None:
-        client_id, client, rng = self._client()
+        client_id, session, rng = self._new_client()
         last_seen: dict[str, str | None] = {}
         counter = 0
-        async with client:
+        try:
             while not self.stop.is_set():
+                client = await session.client()
                 key = f"{REGISTER_PREFIX}{rng.randrange(self.config.register_keys)}"
                 choice = rng.random()
                 if choice < 0.4:
@@ -271,17 +307,21 @@ class Workloads:
                     else:
                         await self._cas(client, client_id, key, last_seen.get(key), value)
                 await self._pause(rng)
+        finally:
+            await session.close()
 
     def _pinned_reader(self, number: int) -> Callable[[], Awaitable[None]]:
         async def read_loop() -> None:
-            client_id, rng = self._new_client_id()
-            endpoint = self.endpoints[number % len(self.endpoints)]
-            async with Client([endpoint], timeout_s=self.config.op_timeout_s) as client:
+            client_id, session, rng = self._new_client(pinned=number)
+            try:
                 while not self.stop.is_set():
+                    client = await session.client()
                     key = f"{REGISTER_PREFIX}{rng.randrange(self.config.register_keys)}"
                     if await self._get(client, client_id, key, "register") is None:
                         await asyncio.sleep(0.05)  # absent, or the member cannot answer
                     await self._pause(rng)
+            finally:
+                await session.close()
 
         return read_loop
 
@@ -325,14 +365,17 @@ class Workloads:
     # --- transfer ------------------------------------------------------------------------
 
     async def _transfer_loop(self) -> None:
-        client_id, client, rng = self._client()
+        client_id, session, rng = self._new_client()
         accounts = self.account_keys()
-        async with client:
+        try:
             while not self.stop.is_set():
+                client = await session.client()
                 balances = await self._read_accounts(client, client_id, accounts)
                 if balances is not None:
                     await self._transfer(client, client_id, rng, balances)
                 await self._pause(rng)
+        finally:
+            await session.close()
 
     async def _read_accounts(
         self, client: Client, client_id: int, accounts: list[str]
@@ -389,13 +432,15 @@ class Workloads:
     # --- lease ---------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
-        client_id, client, rng = self._client()
+        client_id, session, rng = self._new_client()
         round_number = 0
-        async with client:
+        try:
             while not self.stop.is_set():
                 round_number += 1
-                await self._lease_round(client, client_id, round_number)
+                await self._lease_round(await session.client(), client_id, round_number)
                 await self._pause(rng)
+        finally:
+            await session.close()
 
     async def _lease_round(self, client: Client, client_id: int, round_number: int) -> None:
         """Grant, put a key on the lease, keep it alive and read it, revoke, read again."""
@@ -429,15 +474,15 @@ class Workloads:
     # --- watch ---------------------------------------------------------------------------
 
     async def _watch_loop(self) -> None:
-        client_id, client, rng = self._client()
+        _, session, rng = self._new_client()
         start_revision = 1
         resumed_from: int | None = None
-        async with client:
+        try:
             while not self.stop.is_set():
                 observation = self._new_watch(start_revision, resumed_from)
                 responses: list[ObservedResponse] = []
                 next_revision = await self._watch_for(
-                    client, observation, responses, rng.uniform(0.5, 1.5)
+                    await session.client(), observation, responses, rng.uniform(0.5, 1.5)
                 )
                 self.watches.append(_with_responses(observation, responses))
                 if next_revision is None:
@@ -445,6 +490,8 @@ class Workloads:
                     resumed_from = None
                     continue
                 start_revision, resumed_from = next_revision, observation.watch_id
+        finally:
+            await session.close()
 
     def _new_watch(self, start_revision: int, resumed_from: int | None) -> WatchObservation:
         self._next_watch_id += 1
