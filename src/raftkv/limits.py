@@ -352,6 +352,9 @@ SERVER_MAX_PROPOSALS_PER_BATCH = 1024
 SERVER_MAX_LEARNERS = 1
 # How often the member publishes attributes, syncs lagging watchers and checks compaction.
 SERVER_HOUSEKEEPING_INTERVAL_MS = 100
+# Peer messages received while the Ready loop holds the core (during a WAL fsync) wait here;
+# beyond this many, messages are dropped (Raft resends) rather than buffered without bound.
+SERVER_MAX_INBOX_MESSAGES = 64 * KIB
 # A peer heard from within this long counts as connected for the reconfiguration guard
 # (etcd's HealthInterval): no voter is added while a voter is silent, and none is removed
 # if the connected rest would not be a quorum.
@@ -505,3 +508,49 @@ assert BENCH_HISTOGRAM_LOWEST_NS >= 1
 assert BENCH_HISTOGRAM_HIGHEST_NS > BENCH_HISTOGRAM_LOWEST_NS
 assert 2.0 ** -(BENCH_HISTOGRAM_SUB_BUCKET_BITS + 1) < BENCH_HISTOGRAM_RELATIVE_ERROR
 assert BENCH_LOAD_TXN_OPS <= MVCC_MAX_TXN_OPS
+
+# --- TLS (certs.py, server/tls.py) ------------------------------------------------------
+
+# A TLS handshake (and the first bytes that tell TLS from plaintext) must finish within this.
+TLS_HANDSHAKE_TIMEOUT_MS = 5000
+# Accepted connections still in their TLS handshake; more are closed at once.
+TLS_MAX_PENDING_HANDSHAKES = 256
+TLS_LISTEN_BACKLOG = 128
+# Refused handshakes are logged at most once per remote host and reason in this interval.
+TLS_REFUSAL_LOG_INTERVAL_S = 30.0
+TLS_REFUSAL_LOG_MAX_KEYS = 1024
+# A certificate, key or CA bundle file larger than this is refused when read.
+TLS_PEM_FILE_MAX_BYTES = 1 * MIB
+# `raftkv certs`: a development CA and the certificates it signs.
+CERTS_CA_VALIDITY_DAYS = 3650
+CERTS_LEAF_VALIDITY_DAYS = 825
+CERTS_MAX_HOSTS = 64
+
+assert TLS_HANDSHAKE_TIMEOUT_MS > 0 and TLS_MAX_PENDING_HANDSHAKES >= 1
+assert CERTS_LEAF_VALIDITY_DAYS <= CERTS_CA_VALIDITY_DAYS
+
+# --- etcd snapshot format (storage/etcdsnap/) -----------------------------------------
+
+# Pages of the bbolt files raftkv writes (etcd uses the OS page size, 4 KiB on Linux; a
+# reader takes the size a file's meta page names). Pages are packed full: a snapshot is
+# read or restored, and bbolt splits a full page on its first write anyway.
+ETCD_SNAPSHOT_PAGE_BYTES = 4 * KIB
+# Page sizes a reader accepts from a file's meta page.
+ETCD_SNAPSHOT_MIN_PAGE_BYTES = 512
+ETCD_SNAPSHOT_MAX_PAGE_BYTES = 64 * KIB
+# bbolt's MaxKeySize and MaxValueSize.
+ETCD_SNAPSHOT_MAX_KEY_BYTES = 32 * KIB
+ETCD_SNAPSHOT_MAX_VALUE_BYTES = (1 << 31) - 2
+# B+tree depth a reader follows before calling the file corrupt (a page cycle would
+# otherwise recurse forever; 4 KiB pages of 17-byte keys reach ~10^20 keys by depth 10).
+ETCD_SNAPSHOT_MAX_TREE_DEPTH = 32
+# Records a restore writes per LMDB commit (bounded memory for the dirty pages).
+ETCD_SNAPSHOT_RESTORE_BATCH_RECORDS = 10_000
+# Read size when hashing or copying snapshot files.
+ETCD_SNAPSHOT_IO_BYTES = 1 * MIB
+# `raftkv snapshot save`: connecting to the endpoint, and receiving the whole stream.
+ETCD_SNAPSHOT_SAVE_CONNECT_TIMEOUT_S = 10.0
+ETCD_SNAPSHOT_SAVE_TIMEOUT_S = 3600.0
+
+assert ETCD_SNAPSHOT_MIN_PAGE_BYTES <= ETCD_SNAPSHOT_PAGE_BYTES <= ETCD_SNAPSHOT_MAX_PAGE_BYTES
+assert ETCD_SNAPSHOT_RESTORE_BATCH_RECORDS >= 1

@@ -121,6 +121,13 @@ class Node:
         self._snapshot_sends: set[int] = set()
         self._published = False
         self._heard_at_s: dict[int, float] = {}  # peer -> time.monotonic() of its last message
+        # The core is driven by the Ready loop only while it holds this lock (from ready() to
+        # advance(), including the WAL fsync, which runs in a thread so the event loop keeps
+        # serving meanwhile). Other tasks take it; peer messages wait in the inbox.
+        self._raft_lock = asyncio.Lock()
+        self._inbox: list[Message] = []
+        self._unreachable: set[int] = set()
+        self._sync_done: asyncio.Future[None] | None = None
 
     # -- Startup ------------------------------------------------------------------------
 
@@ -290,6 +297,9 @@ class Node:
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if self._sync_done is not None:  # the WAL is closed only after its last fsync
+                with contextlib.suppress(Exception):
+                    await self._sync_done
             await self.transport.stop()
             self._fail_everything(errors.StoppedError())
             self._close_storage()
@@ -714,7 +724,8 @@ class Node:
         self._pending[request_id] = future
         try:
             try:
-                self.rawnode.propose_conf_change(change)
+                async with self._raft_lock:
+                    self.rawnode.propose_conf_change(change)
             except ProposalDropped as error:
                 raise errors.UnhealthyClusterError(
                     f"etcdserver: re-configuration failed: {error}"
@@ -756,7 +767,8 @@ class Node:
             raise errors.BadLeaderTransfereeError()
         if target_id == self.member_id:
             return
-        self.rawnode.transfer_leader(target_id)
+        async with self._raft_lock:
+            self.rawnode.transfer_leader(target_id)
         self._wake.set()
         deadline = time.monotonic() + self.request_timeout_s
         while self.leader_id != target_id:
@@ -791,12 +803,23 @@ class Node:
         if self._stopping:
             return
         self._heard_at_s[message.frm] = time.monotonic()
-        try:
-            self.rawnode.step(message)
-        except Exception as error:  # a peer's bad message must not stop the member
-            log.warning("dropped %s from %x: %r", message.type.name, message.frm, error)
+        if len(self._inbox) >= limits.SERVER_MAX_INBOX_MESSAGES:
+            # Raft tolerates a lost message (it is resent); unbounded memory is not tolerated.
+            log.warning("inbox full: dropped %s from %x", message.type.name, message.frm)
             return
+        self._inbox.append(message)
         self._wake.set()
+
+    def _step_inbox(self) -> None:
+        inbox, self._inbox = self._inbox, []
+        for message in inbox:
+            try:
+                self.rawnode.step(message)
+            except Exception as error:  # a peer's bad message must not stop the member
+                log.warning("dropped %s from %x: %r", message.type.name, message.frm, error)
+        unreachable, self._unreachable = self._unreachable, set()
+        for member_id in unreachable:
+            self.rawnode.report_unreachable(member_id)
 
     async def _on_peer_snapshot(self, message: Message, path: str) -> None:
         assert message.snapshot is not None
@@ -807,7 +830,8 @@ class Node:
 
     def _on_unreachable(self, member_id: int) -> None:
         if not self._stopping:
-            self.rawnode.report_unreachable(member_id)
+            self._unreachable.add(member_id)
+            self._wake.set()
 
     # -- The Ready loop -----------------------------------------------------------------
 
@@ -816,9 +840,10 @@ class Node:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                self._feed_raft()
-                while self.rawnode.has_ready():
-                    self._handle_ready(self.rawnode.ready())
+                async with self._raft_lock:
+                    self._feed_raft()
+                    while self.rawnode.has_ready():
+                        await self._handle_ready(self.rawnode.ready())
                 # Let the API tasks run before the next round: they queue the next batch.
                 await asyncio.sleep(0)
         except asyncio.CancelledError:
@@ -827,6 +852,7 @@ class Node:
             self._die(error)
 
     def _feed_raft(self) -> None:
+        self._step_inbox()
         queue, self._proposal_queue = self._proposal_queue, []
         for chunk in _proposal_batches(queue):
             try:
@@ -845,13 +871,13 @@ class Node:
             if future is not None and not future.done():
                 future.set_exception(error)
 
-    def _handle_ready(self, ready: Ready) -> None:
+    async def _handle_ready(self, ready: Ready) -> None:
         if ready.soft_state is not None:
             self._on_soft_state(ready)
         self._send(ready.messages)
         self.persistence.save(ready)
         if ready.must_sync and not self.config.unsafe_no_fsync:
-            self.persistence.sync()
+            await self._sync_off_loop()
         self.persistence.apply_to_memory(ready)
         self._send(ready.persisted_messages)
         if ready.snapshot is not None:
@@ -861,6 +887,18 @@ class Node:
         self.rawnode.advance(ready)
         self._on_read_states(ready)
         self._maybe_snapshot()
+
+    async def _sync_off_loop(self) -> None:
+        """fdatasync in a thread (it releases the GIL): meanwhile the loop reads requests
+        and peer messages, which makes the next Ready's batch. Nothing else touches the WAL
+        until it is done: the core waits behind the raft lock, and stop() waits for it."""
+        loop = asyncio.get_running_loop()
+        self._sync_done = loop.run_in_executor(None, self.persistence.sync)
+        try:
+            await asyncio.shield(self._sync_done)
+        finally:
+            if self._sync_done.done():
+                self._sync_done = None
 
     def _on_soft_state(self, ready: Ready) -> None:
         assert ready.soft_state is not None
@@ -904,7 +942,8 @@ class Node:
                 shutil.rmtree(directory, ignore_errors=True)
                 self._snapshot_sends.discard(message.to)
                 if not self._stopping:
-                    self.rawnode.report_snapshot(message.to, failed)
+                    async with self._raft_lock:
+                        self.rawnode.report_snapshot(message.to, failed)
                     self._wake.set()
 
         asyncio.get_running_loop().create_task(stream())
@@ -1007,10 +1046,11 @@ class Node:
             while True:
                 next_at += interval_s
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-                self.now_tick += 1
-                self.rawnode.tick()
-                self._lease_duties()
-                self._retry_stale_reads()
+                async with self._raft_lock:
+                    self.now_tick += 1
+                    self.rawnode.tick()
+                    self._lease_duties()
+                    self._retry_stale_reads()
                 self._wake.set()
         except asyncio.CancelledError:
             raise
