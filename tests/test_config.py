@@ -274,7 +274,8 @@ def test_election_timeout_bounds() -> None:
         ),
         (
             ["--listen-peer-urls", "https://127.0.0.1:2380"],
-            '--listen-peer-urls: "https://127.0.0.1:2380": TLS is not supported yet (use http://)',
+            "--listen-peer-urls: https://127.0.0.1:2380 uses https, which needs "
+            "--peer-cert-file and --peer-key-file",
         ),
         (
             ["--advertise-client-urls", "http://h:1/v3"],

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up_parser(sub)
     _add_verify_parser(sub)
     _add_bench_parser(sub)
+    _add_certs_parser(sub)
 
     sim = sub.add_parser("sim", help="run the deterministic cluster simulator (VOPR)")
     sim.add_argument(
@@ -97,6 +98,37 @@ def _add_up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "+2 (JSON gateway) (default: 2379)",
     )
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+
+
+def _add_certs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    certs = sub.add_parser(
+        "certs",
+        help="write a development CA and server, peer and client certificates (TLS)",
+        description="Write ca.crt and server, peer and client certificates with their keys "
+        "for a local TLS cluster; see docs/operations.md (TLS).",
+    )
+    certs.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write")
+    certs.add_argument(
+        "--hosts",
+        default="127.0.0.1,localhost",
+        metavar="HOST,...",
+        help="IP addresses and DNS names the server and peer certificates are valid for "
+        "(default: 127.0.0.1,localhost)",
+    )
+    certs.add_argument("--force", action="store_true", help="replace existing files")
+
+
+def _run_certs(args: argparse.Namespace) -> int:
+    from raftkv.certs import CertsError, generate_dev_certs, parse_hosts
+
+    try:
+        files = generate_dev_certs(args.out, parse_hosts(args.hosts), force=args.force)
+    except (CertsError, OSError) as error:
+        print(f"raftkv certs: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    for path in files.all_paths():
+        print(path)
+    return 0
 
 
 def _add_verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -445,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_verify(args)
     if command == "bench":
         return _run_bench(args, arguments)
+    if command == "certs":
+        return _run_certs(args)
     if command in _PENDING:
         return _not_yet(command)
     parser.error(f"unknown command: {command}")  # unreachable: argparse validates choices

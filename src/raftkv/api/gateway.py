@@ -16,6 +16,14 @@ etcd 3.5's (``gateway_routes``), all ``POST``:
 The ``Authorization`` header goes to gRPC as the ``token`` metadata. ``GET /version``,
 ``/health`` (etcd 3.5's checks: alarms, a leader, a linearizable read), ``/livez`` and
 ``/readyz`` are answered here.
+
+TLS: a listen address given an ``ssl.SSLContext`` serves HTTPS only (a plaintext request
+gets Go's "400 Bad Request: Client sent an HTTP request to an HTTPS server" and is closed);
+with client certificates required, only clients the trusted CA signed get in. When the
+member's gRPC port is TLS, the loopback channel is too (``gateway_channel_credentials``):
+it trusts the member's --trusted-ca-file (the system's CAs without one) and, when the
+member requires client certificates, presents the member's own certificate, which must
+therefore allow client authentication (``raftkv certs`` makes it so).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
@@ -36,6 +46,7 @@ from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.api.gateway_http import Connection, HttpError, Request
 from raftkv.api.gateway_routes import ROUTES, CallKind, Route
 from raftkv.server.interface import ETCD_API_VERSION
+from raftkv.server.tls import TlsFiles, TlsServer, read_pem, start_tls_server
 
 # The etcd versions /version reports: the API raftkv speaks (raftkv.server.interface
 # NodeStatus.version says the same through Status).
@@ -47,6 +58,9 @@ _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 _JSON = [("Content-Type", "application/json")]
 _TEXT = [("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff")]
 _Metadata = tuple[tuple[str, str], ...]
+PLAINTEXT_ON_TLS_REPLY = (
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
 
 
 def body_limit_bytes(max_request_bytes: int) -> int:
@@ -61,7 +75,7 @@ class Gateway:
     def __init__(self, channel: grpc.aio.Channel, max_body_bytes: int) -> None:
         self._channel = channel
         self._max_body_bytes = max_body_bytes
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server | TlsServer] = []
         self._connections: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._unary = {
@@ -97,10 +111,22 @@ class Gateway:
 
     # --- Connections -------------------------------------------------------------------
 
-    async def _listen(self, host: str, port: int) -> None:
-        server = await asyncio.start_server(
-            self._accept, host, port, limit=limits.GATEWAY_MAX_HEADER_BYTES, reuse_address=True
-        )
+    async def _listen(self, host: str, port: int, tls: ssl.SSLContext | None) -> None:
+        server: asyncio.Server | TlsServer
+        if tls is not None:
+            server = await start_tls_server(
+                self._accept,
+                host,
+                port,
+                tls,
+                what="JSON gateway",
+                plaintext_reply=PLAINTEXT_ON_TLS_REPLY,
+                read_limit_bytes=limits.GATEWAY_MAX_HEADER_BYTES,
+            )
+        else:
+            server = await asyncio.start_server(
+                self._accept, host, port, limit=limits.GATEWAY_MAX_HEADER_BYTES, reuse_address=True
+            )
         self._servers.append(server)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -301,24 +327,51 @@ class Gateway:
         return None
 
 
+def gateway_channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    """The loopback channel's TLS to the member's own gRPC port (see the module doc)."""
+    trusted = read_pem(files.trusted_ca_file) if files.trusted_ca_file else None
+    if not files.verifies_clients:
+        return grpc.ssl_channel_credentials(root_certificates=trusted)
+    return grpc.ssl_channel_credentials(
+        root_certificates=trusted,
+        private_key=read_pem(files.key_file),
+        certificate_chain=read_pem(files.cert_file),
+    )
+
+
 async def start_gateway(
-    listen_addresses: list[str], grpc_target: str, max_request_bytes: int
+    listen_addresses: list[str],
+    grpc_target: str,
+    max_request_bytes: int,
+    *,
+    tls: Mapping[str, ssl.SSLContext] | None = None,
+    grpc_credentials: grpc.ChannelCredentials | None = None,
+    grpc_target_name: str | None = None,
 ) -> Gateway:
     """Serve the gateway on each ``host:port`` (port 0: any free port; see
-    ``Gateway.ports``), forwarding to the member's gRPC server at ``grpc_target``."""
+    ``Gateway.ports``), forwarding to the member's gRPC server at ``grpc_target``.
+
+    The addresses in ``tls`` serve HTTPS with their context. With ``grpc_credentials``
+    the channel to ``grpc_target`` is TLS, checking the name ``grpc_target_name`` (when
+    set) in the member's certificate instead of the target's host."""
     assert listen_addresses, "nothing to listen on"
-    channel = grpc.aio.insecure_channel(
-        grpc_target,
-        options=[
-            ("grpc.max_receive_message_length", limits.GATEWAY_MAX_RESPONSE_BYTES),
-            ("grpc.max_send_message_length", body_limit_bytes(max_request_bytes)),
-        ],
-    )
+    tls = tls or {}
+    assert set(tls) <= set(listen_addresses), "TLS for an address not listened on"
+    options: list[tuple[str, str | int]] = [
+        ("grpc.max_receive_message_length", limits.GATEWAY_MAX_RESPONSE_BYTES),
+        ("grpc.max_send_message_length", body_limit_bytes(max_request_bytes)),
+    ]
+    if grpc_credentials is None:
+        channel = grpc.aio.insecure_channel(grpc_target, options=options)
+    else:
+        if grpc_target_name is not None:
+            options.append(("grpc.ssl_target_name_override", grpc_target_name))
+        channel = grpc.aio.secure_channel(grpc_target, grpc_credentials, options=options)
     gateway = Gateway(channel, body_limit_bytes(max_request_bytes))
     try:
         for address in listen_addresses:
             host, port = _split_host_port(address)
-            await gateway._listen(host, port)
+            await gateway._listen(host, port, tls.get(address))
     except BaseException:
         await gateway.close()
         raise

@@ -5,11 +5,15 @@
 Lease, Cluster, Maintenance and Auth services (plus whatever ``extra_servicers`` adds,
 e.g. Election and Lock), binds every address and starts it. The caller stops it
 (``await server.stop(grace)``).
+
+An address listed in ``credentials`` serves TLS (``grpc_server_credentials``: etcd's
+``--cert-file`` family, client certificates required as etcd requires them); the others
+serve plaintext.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -26,8 +30,15 @@ from raftkv.api.options import ApiOptions
 from raftkv.api.request_decoding import UndecodableRequestInterceptor
 from raftkv.api.watch import WatchService
 from raftkv.server.interface import NodeAPI
+from raftkv.server.tls import TlsFiles, read_pem
 
-__all__ = ["ApiOptions", "BoundServer", "start_grpc_server", "start_grpc_server_bound"]
+__all__ = [
+    "ApiOptions",
+    "BoundServer",
+    "grpc_server_credentials",
+    "start_grpc_server",
+    "start_grpc_server_bound",
+]
 
 # etcd's server keepalive: ping an idle connection every 2 h, drop it if the ping is not
 # answered within 20 s, and treat client pings more frequent than every 5 s as abuse.
@@ -57,6 +68,17 @@ def server_options(options: ApiOptions) -> list[tuple[str, int]]:
     ]
 
 
+def grpc_server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """TLS with the member's certificate; a client certificate signed by the trusted CA is
+    required when ``files.verifies_clients`` (etcd's --client-cert-auth or
+    --trusted-ca-file), and refused at the handshake otherwise."""
+    return grpc.ssl_server_credentials(
+        [(read_pem(files.key_file), read_pem(files.cert_file))],
+        root_certificates=read_pem(files.trusted_ca_file) if files.verifies_clients else None,
+        require_client_auth=files.verifies_clients,
+    )
+
+
 def add_services(server: grpc.aio.Server, node: NodeAPI, options: ApiOptions) -> None:
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(node, options), server)
     rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(node, options), server)
@@ -71,6 +93,7 @@ async def start_grpc_server_bound(
     listen_addresses: list[str],
     options: ApiOptions,
     extra_servicers: Callable[[grpc.aio.Server], None] | None = None,
+    credentials: Mapping[str, grpc.ServerCredentials] | None = None,
 ) -> BoundServer:
     """Like ``start_grpc_server``, and says which port each address got."""
     assert listen_addresses, "the gRPC server needs at least one listen address"
@@ -83,7 +106,14 @@ async def start_grpc_server_bound(
     add_services(server, node, options)
     if extra_servicers is not None:
         extra_servicers(server)
-    ports = [server.add_insecure_port(address) for address in listen_addresses]
+    secure = credentials or {}
+    assert set(secure) <= set(listen_addresses), "credentials for an address not listened on"
+    ports = [
+        server.add_secure_port(address, secure[address])
+        if address in secure
+        else server.add_insecure_port(address)
+        for address in listen_addresses
+    ]
     await server.start()
     return BoundServer(server, ports)
 
@@ -93,7 +123,11 @@ async def start_grpc_server(
     listen_addresses: list[str],
     options: ApiOptions,
     extra_servicers: Callable[[grpc.aio.Server], None] | None = None,
+    credentials: Mapping[str, grpc.ServerCredentials] | None = None,
 ) -> grpc.aio.Server:
-    """Serve etcd's v3 API for ``node`` on every "host:port" of ``listen_addresses``."""
-    bound = await start_grpc_server_bound(node, listen_addresses, options, extra_servicers)
+    """Serve etcd's v3 API for ``node`` on every "host:port" of ``listen_addresses``
+    (TLS on those with ``credentials``)."""
+    bound = await start_grpc_server_bound(
+        node, listen_addresses, options, extra_servicers, credentials
+    )
     return bound.server

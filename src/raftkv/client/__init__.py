@@ -7,6 +7,7 @@
 See docs/client.md.
 """
 
+from raftkv.client._transport import ClientTLS
 from raftkv.client.client import Client, KeptLease
 from raftkv.client.errors import (
     ClientError,
@@ -34,6 +35,7 @@ from raftkv.client.watch import Watch
 __all__ = [
     "Client",
     "ClientError",
+    "ClientTLS",
     "CompactedError",
     "Compare",
     "Election",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -17,6 +18,7 @@ from raftkv.limits import (
     CLIENT_KEEPALIVE_TIMEOUT_MS,
     CLIENT_MAX_RECEIVE_MESSAGE_BYTES,
     CLIENT_MAX_SEND_MESSAGE_BYTES,
+    TLS_PEM_FILE_MAX_BYTES,
 )
 
 # Asks the member to refuse at once when it has no leader (etcd's WithRequireLeader).
@@ -44,6 +46,48 @@ def task_is_cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+@dataclass(frozen=True)
+class ClientTLS:
+    """TLS for a client's channels (etcdctl's --cacert, --cert and --key).
+
+    The members' certificates are checked against `ca_file` (the system's CAs when it is
+    None) and the endpoint's host; `cert_file` and `key_file`, given together, are the
+    client certificate for members that require one (--client-cert-auth)."""
+
+    ca_file: str | Path | None = None
+    cert_file: str | Path | None = None
+    key_file: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """The credentials of a secure channel; ValueError naming a file it cannot read."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read_pem(self.ca_file),
+            private_key=_read_pem(self.key_file),
+            certificate_chain=_read_pem(self.cert_file),
+        )
+
+
+def _read_pem(path: str | Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            data = file.read(TLS_PEM_FILE_MAX_BYTES + 1)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read it: {error.strerror}") from None
+    if len(data) > TLS_PEM_FILE_MAX_BYTES:
+        raise ValueError(f"{path}: larger than {TLS_PEM_FILE_MAX_BYTES} bytes")
+    return data
+
+
+def uses_tls(endpoint: str) -> bool:
+    return endpoint.startswith("https://")
+
+
 def normalize_endpoint(endpoint: str) -> str:
     """ "http://127.0.0.1:2379" or "127.0.0.1:2379" -> "127.0.0.1:2379"."""
     for scheme in ("http://", "https://"):
@@ -67,8 +111,14 @@ class Connection:
     election: v3election_pb2_grpc.ElectionAsyncStub
 
 
-def open_connection(index: int, endpoint: str) -> Connection:
-    channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+def open_connection(
+    index: int, endpoint: str, credentials: grpc.ChannelCredentials | None = None
+) -> Connection:
+    """A channel to `endpoint`: TLS with `credentials`, else plaintext."""
+    if credentials is None:
+        channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+    else:
+        channel = grpc.aio.secure_channel(endpoint, credentials, options=_CHANNEL_OPTIONS)
     return Connection(
         index=index,
         endpoint=endpoint,

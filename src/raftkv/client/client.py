@@ -39,11 +39,13 @@ from raftkv.api.etcdpb.v3lockpb import v3lock_pb2
 from raftkv.client import _convert
 from raftkv.client._transport import (
     REQUIRE_LEADER_METADATA,
+    ClientTLS,
     Connection,
     backoff_s,
     normalize_endpoint,
     open_connection,
     task_is_cancelling,
+    uses_tls,
     wait_until_ready,
 )
 from raftkv.client.errors import (
@@ -96,7 +98,8 @@ class Client:
     """An etcd v3 client with endpoint fail-over. Use as `async with Client([...]) as c:`.
 
     `timeout_s` bounds each attempt of a call (a call may make several attempts);
-    `connect_timeout_s` bounds connecting to one endpoint.
+    `connect_timeout_s` bounds connecting to one endpoint. With `tls` (or `https://`
+    endpoints, which then trust the system's CAs) every channel is TLS.
     """
 
     def __init__(
@@ -105,11 +108,16 @@ class Client:
         *,
         timeout_s: float = 5.0,
         connect_timeout_s: float = 5.0,
+        tls: ClientTLS | None = None,
     ) -> None:
         if isinstance(endpoints, str) or not endpoints:
             raise ValueError("endpoints must be a non-empty sequence of host:port strings")
         if timeout_s <= 0 or connect_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if tls is None and any(uses_tls(endpoint) for endpoint in endpoints):
+            tls = ClientTLS()
+        self.tls = tls
+        self._credentials = None if tls is None else tls.channel_credentials()
         self.endpoints = tuple(normalize_endpoint(endpoint) for endpoint in endpoints)
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -171,7 +179,7 @@ class Client:
             if self._connection is not None:
                 return self._connection
             index = self._next_index
-            connection = open_connection(index, self.endpoints[index])
+            connection = open_connection(index, self.endpoints[index], self._credentials)
             try:
                 ready = await asyncio.wait_for(
                     wait_until_ready(connection.channel), self.connect_timeout_s
@@ -242,7 +250,7 @@ class Client:
         timeout_s: float | None,
     ) -> R:
         """One call to one named endpoint, on a channel of its own, without fail-over."""
-        connection = open_connection(-1, normalize_endpoint(endpoint))
+        connection = open_connection(-1, normalize_endpoint(endpoint), self._credentials)
         try:
             return await invoke(connection, timeout_s)
         except grpc.aio.AioRpcError as rpc_error:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from raftkv.client._transport import ClientTLS
 from raftkv.client.client import Client
 from raftkv.client.models import WatchResponse
 from raftkv.client.watch import Watch
@@ -34,6 +35,7 @@ class SyncClient:
         *,
         timeout_s: float = 5.0,
         connect_timeout_s: float = 5.0,
+        tls: ClientTLS | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -41,7 +43,7 @@ class SyncClient:
         )
         self._thread.start()
         try:
-            self._client = self.run(_connected_client(endpoints, timeout_s, connect_timeout_s))
+            self._client = self.run(_connected_client(endpoints, timeout_s, connect_timeout_s, tls))
         except BaseException:
             self._stop_loop()
             raise
@@ -129,10 +131,10 @@ class SyncWatch:
 
 
 async def _connected_client(
-    endpoints: Sequence[str], timeout_s: float, connect_timeout_s: float
+    endpoints: Sequence[str], timeout_s: float, connect_timeout_s: float, tls: ClientTLS | None
 ) -> Client:
     # Built on the loop's thread: its gRPC channels belong to that loop.
-    client = Client(endpoints, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
+    client = Client(endpoints, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, tls=tls)
     await client.connect()
     return client
 

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from raftkv import limits
+from raftkv.server.tls import TlsFiles, TlsFilesError, check_files, read_pem
 
 ClusterState = Literal["new", "existing"]
 CompactionMode = Literal["periodic", "revision"]
@@ -46,6 +47,7 @@ DEFAULT_SNAPSHOT_COUNT = 10_000
 DEFAULT_HEARTBEAT_INTERVAL_MS = 100
 DEFAULT_ELECTION_TIMEOUT_MS = 1000
 ENV_PREFIXES = ("ETCD_", "RAFTKV_")  # later wins
+URL_SCHEMES = ("http", "https")
 SECONDS_PER_HOUR = 3600
 
 
@@ -88,6 +90,10 @@ class ServerConfig:
     log_level: LogLevel = "info"
     unsafe_no_fsync: bool = False
     enable_grpc_gateway: bool = True
+    # TLS on the client URLs (gRPC and the JSON gateway) that use https, and on the peer
+    # URLs that use https; None without the flags.
+    client_tls: TlsFiles | None = None
+    peer_tls: TlsFiles | None = None
     # Things worth telling the operator that do not stop the member (etcd logs them).
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -190,6 +196,37 @@ _OPTIONS: tuple[_Option, ...] = (
         is_bool=True,
     ),
     _Option("enable-grpc-gateway", "true", "BOOL", "enable the JSON gateway", is_bool=True),
+    _Option("cert-file", "", "PATH", "path to the client server TLS cert file"),
+    _Option("key-file", "", "PATH", "path to the client server TLS key file"),
+    _Option(
+        "client-cert-auth",
+        "false",
+        "BOOL",
+        "require client certificates signed by --trusted-ca-file",
+        is_bool=True,
+    ),
+    _Option(
+        "trusted-ca-file",
+        "",
+        "PATH",
+        "path to the client server TLS trusted CA cert file (also requires client certs, "
+        "as in etcd)",
+    ),
+    _Option("peer-cert-file", "", "PATH", "path to the peer server TLS cert file"),
+    _Option("peer-key-file", "", "PATH", "path to the peer server TLS key file"),
+    _Option(
+        "peer-client-cert-auth",
+        "false",
+        "BOOL",
+        "require peer certificates signed by --peer-trusted-ca-file",
+        is_bool=True,
+    ),
+    _Option(
+        "peer-trusted-ca-file",
+        "",
+        "PATH",
+        "path to the peer server TLS trusted CA file (also requires peer certs, as in etcd)",
+    ),
 )
 _OPTIONS_BY_FLAG = {option.flag: option for option in _OPTIONS}
 _CONFIG_FILE_FLAG = "config-file"
@@ -211,8 +248,6 @@ _ETCD_SETTINGS_NOT_IMPLEMENTED = frozenset(
         "proxy-dial-timeout", "proxy-write-timeout", "proxy-read-timeout",
         "self-signed-cert-validity", "cipher-suites", "tls-min-version", "tls-max-version",
         "client-transport-security", "peer-transport-security", "auto-tls", "peer-auto-tls",
-        "cert-file", "key-file", "trusted-ca-file", "client-cert-auth", "peer-cert-file",
-        "peer-key-file", "peer-trusted-ca-file", "peer-client-cert-auth",
     }
 )  # fmt: skip
 
@@ -406,6 +441,8 @@ def _build(settings: _Settings, warnings: list[str]) -> ServerConfig:
         log_level=cast(LogLevel, _parse_choice(settings, "log-level", LOG_LEVELS)),
         unsafe_no_fsync=_parse_bool(settings, "unsafe-no-fsync"),
         enable_grpc_gateway=_parse_bool(settings, "enable-grpc-gateway"),
+        client_tls=_parse_tls(settings, ""),
+        peer_tls=_parse_tls(settings, "peer-"),
     )
     _check_cross_field(config, settings)
     warnings.extend(_warnings_for(config))
@@ -511,19 +548,20 @@ def _parse_urls(
 
 
 def _parse_url(text: str, label: str, *, bind: bool) -> str:
-    """``text`` as a normalized ``http://host:port``; ``bind`` URLs need an IP or localhost."""
+    """``text`` as a normalized ``http(s)://host:port``; ``bind`` URLs need an IP or
+    localhost."""
     shape_error = ConfigError(f"{label}: {_quote(text)} is not a URL like http://host:port")
     try:
         parts = urlsplit(text)
         port = parts.port
     except ValueError:
         raise shape_error from None
-    if parts.scheme in ("https", "unixs"):
-        raise ConfigError(f"{label}: {_quote(text)}: TLS is not supported yet (use http://)")
-    if parts.scheme != "http" or not parts.hostname or port is None:
+    if parts.scheme not in URL_SCHEMES or not parts.hostname or port is None:
         raise shape_error
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ConfigError(f"{label}: {_quote(text)} must be only http://host:port, without a path")
+        raise ConfigError(
+            f"{label}: {_quote(text)} must be only {parts.scheme}://host:port, without a path"
+        )
     if port == 0:
         raise ConfigError(f"{label}: {_quote(text)} needs a port from 1 to 65535")
     if bind and not _is_bindable_host(parts.hostname):
@@ -531,7 +569,16 @@ def _parse_url(text: str, label: str, *, bind: bool) -> str:
             f"{label}: {_quote(text)}: a listen URL needs an IP address or localhost, "
             "not a host name"
         )
-    return f"http://{parts.netloc}"
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def is_tls_url(url: str) -> bool:
+    return url.startswith("https://")
+
+
+def url_address(url: str) -> str:
+    """The ``host:port`` of a normalized URL."""
+    return url.split("://", 1)[1]
 
 
 def _is_bindable_host(hostname: str) -> bool:
@@ -630,6 +677,7 @@ def _check_cross_field(config: ServerConfig, settings: _Settings) -> None:
             "--advertise-client-urls is required when --listen-client-urls is set explicitly"
         )
     _check_listeners_distinct(config)
+    _check_tls(config, settings)
 
 
 def _check_timeouts(config: ServerConfig) -> None:
@@ -672,7 +720,7 @@ def _check_listeners_distinct(config: ServerConfig) -> None:
     ]
     for flag, urls in listeners:
         for url in urls:
-            address = url.removeprefix("http://")
+            address = url_address(url)
             if address in owners:
                 raise ConfigError(f"{flag}: {address} is already used by {owners[address]}")
             owners[address] = flag
@@ -693,3 +741,73 @@ def _warnings_for(config: ServerConfig) -> list[str]:
             "so it is off"
         )
     return warnings
+
+
+# --- TLS ----------------------------------------------------------------------------------
+
+
+def _parse_tls(settings: _Settings, prefix: str) -> TlsFiles | None:
+    """The ``--{prefix}cert-file`` family as TlsFiles, None when none of it is set; every
+    file given must be readable, and certificate and key come together."""
+    cert_flag, key_flag = f"{prefix}cert-file", f"{prefix}key-file"
+    ca_flag, auth_flag = f"{prefix}trusted-ca-file", f"{prefix}client-cert-auth"
+    paths = {flag: settings.get(flag).text.strip() for flag in (cert_flag, key_flag, ca_flag)}
+    client_cert_auth = _parse_bool(settings, auth_flag)
+    if not any(paths.values()) and not client_cert_auth:
+        return None
+    for flag, path in paths.items():
+        if path:
+            try:
+                read_pem(path)
+            except TlsFilesError as error:
+                raise ConfigError(f"{settings.label(flag)}: {error}") from None
+    for flag, other in ((cert_flag, key_flag), (key_flag, cert_flag)):
+        if not paths[flag]:
+            raise ConfigError(f"--{flag} is required with {settings.label(other)}")
+    if client_cert_auth and not paths[ca_flag]:
+        raise ConfigError(
+            f"{settings.label(auth_flag)} needs {settings.label(ca_flag)}: raftkv verifies "
+            "client certificates against that CA only"
+        )
+    files = TlsFiles(paths[cert_flag], paths[key_flag], paths[ca_flag], client_cert_auth)
+    try:
+        check_files(files)
+    except TlsFilesError as error:
+        names = f"{settings.label(cert_flag)}, {settings.label(key_flag)}"
+        if files.trusted_ca_file:
+            names += f", {settings.label(ca_flag)}"
+        raise ConfigError(f"{names}: {error}") from None
+    return files
+
+
+def _check_tls(config: ServerConfig, settings: _Settings) -> None:
+    """https URLs need the certificate flags of their side, and those flags need an https
+    URL to serve (etcd only warns and ignores them; raftkv refuses a silent plaintext)."""
+    client_urls = {
+        "--listen-client-urls": config.listen_client_urls,
+        "--listen-client-http-urls": config.listen_client_http_urls,
+    }
+    peer_urls = {
+        "--listen-peer-urls": config.listen_peer_urls,
+        "--initial-advertise-peer-urls": config.initial_advertise_peer_urls,
+        "--initial-cluster": tuple(url for urls in config.initial_cluster.values() for url in urls),
+    }
+    for side, urls_by_flag, files, prefix in (
+        ("client", client_urls, config.client_tls, ""),
+        ("peer", peer_urls, config.peer_tls, "peer-"),
+    ):
+        tls_urls = [
+            (flag, url) for flag, urls in urls_by_flag.items() for url in urls if is_tls_url(url)
+        ]
+        if tls_urls and files is None:
+            flag, url = tls_urls[0]
+            raise ConfigError(
+                f"{settings.label(flag.removeprefix('--'))}: {url} uses https, which needs "
+                f"--{prefix}cert-file and --{prefix}key-file"
+            )
+        if files is not None and not tls_urls:
+            listed = " or ".join(urls_by_flag)
+            raise ConfigError(
+                f"--{prefix}cert-file and the other {side} TLS flags are set, but no URL of "
+                f"{listed} uses https://"
+            )

@@ -3,6 +3,10 @@
 Startup order: the member (storage, Raft, peer transport), then the gRPC services on
 the client URLs, then the JSON gateway on --listen-client-http-urls. Shutdown runs in
 reverse, so no client request reaches a stopped member.
+
+TLS: the client URLs that use https serve TLS with --cert-file/--key-file (the gRPC
+port and the JSON gateway alike); the peer transport takes --peer-cert-file & co.
+(``raftkv.server.node``).
 """
 
 from __future__ import annotations
@@ -13,9 +17,16 @@ import functools
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from raftkv.server.config import ServerConfig
+import grpc
+
+from raftkv.server import tls
+from raftkv.server.config import ServerConfig, is_tls_url, url_address
 from raftkv.server.node import Node
+
+if TYPE_CHECKING:
+    from raftkv.api.gateway import Gateway
 
 log = logging.getLogger("raftkv.serve")
 
@@ -49,9 +60,46 @@ def _addresses(urls: tuple[str, ...] | list[str]) -> list[str]:
     return [url.split("://", 1)[-1].rstrip("/") for url in urls]
 
 
+def _grpc_credentials(config: ServerConfig) -> dict[str, grpc.ServerCredentials]:
+    from raftkv.api.server import grpc_server_credentials
+
+    files = config.client_tls
+    tls_urls = [url for url in config.listen_client_urls if is_tls_url(url)]
+    if files is None or not tls_urls:
+        return {}
+    credentials = grpc_server_credentials(files)
+    return {url_address(url): credentials for url in tls_urls}
+
+
+async def _start_gateway(config: ServerConfig) -> Gateway:
+    """The JSON gateway on --listen-client-http-urls, forwarding to the first client URL."""
+    from raftkv.api.gateway import gateway_channel_credentials, start_gateway
+
+    files = config.client_tls
+    contexts = {}
+    if files is not None:
+        context = tls.server_context(files)
+        for url in config.listen_client_http_urls:
+            if is_tls_url(url):
+                contexts[url_address(url)] = context
+    grpc_url = config.listen_client_urls[0]
+    credentials = target_name = None
+    if files is not None and is_tls_url(grpc_url):
+        credentials = gateway_channel_credentials(files)
+        host = url_address(grpc_url).rsplit(":", 1)[0]
+        target_name = tls.name_for_self_dial(files.cert_file, host)
+    return await start_gateway(
+        _addresses(config.listen_client_http_urls),
+        grpc_target=url_address(grpc_url),
+        max_request_bytes=config.max_request_bytes,
+        tls=contexts,
+        grpc_credentials=credentials,
+        grpc_target_name=target_name,
+    )
+
+
 async def _serve(config: ServerConfig) -> int:
     from raftkv.api.election import add_election_and_lock
-    from raftkv.api.gateway import start_gateway
     from raftkv.api.server import ApiOptions, start_grpc_server
 
     node = Node(config)
@@ -63,14 +111,16 @@ async def _serve(config: ServerConfig) -> int:
     options = ApiOptions(max_request_bytes=config.max_request_bytes, max_txn_ops=config.max_txn_ops)
     client_addresses = _addresses(config.listen_client_urls)
     extra = functools.partial(add_election_and_lock, node=node)
-    grpc_server = await start_grpc_server(node, client_addresses, options, extra_servicers=extra)
+    grpc_server = await start_grpc_server(
+        node,
+        client_addresses,
+        options,
+        extra_servicers=extra,
+        credentials=_grpc_credentials(config),
+    )
     gateway = None
     if config.listen_client_http_urls and config.enable_grpc_gateway:
-        gateway = await start_gateway(
-            _addresses(config.listen_client_http_urls),
-            grpc_target=client_addresses[0],
-            max_request_bytes=config.max_request_bytes,
-        )
+        gateway = await _start_gateway(config)
     log.info(
         "serving gRPC on %s%s",
         ", ".join(config.listen_client_urls),

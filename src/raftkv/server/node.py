@@ -46,9 +46,9 @@ from raftkv.raft import (
 from raftkv.raft.messages import Entry, Snapshot
 from raftkv.raft.quorum import majority_size
 from raftkv.raft.storage import BOOTSTRAP_INDEX, BOOTSTRAP_TERM
-from raftkv.server import errors
+from raftkv.server import errors, tls
 from raftkv.server.apply import Applier, Response, Result, conf_change_context
-from raftkv.server.config import ServerConfig
+from raftkv.server.config import ServerConfig, is_tls_url
 from raftkv.server.interface import ETCD_API_VERSION, Header, Member, NodeStatus
 from raftkv.server.peer_rpc import PeerCall, PeerReply, decode_call, decode_reply, encode_call
 from raftkv.server.requests import (
@@ -250,6 +250,8 @@ class Node:
 
     async def _start_transport(self) -> None:
         host, port = parse_peer_url(self.config.listen_peer_urls[0])
+        peer_tls = self.config.peer_tls
+        listen_tls = is_tls_url(self.config.listen_peer_urls[0])
         self.transport = Transport(
             member_id=self.member_id,
             cluster_id=self.cluster_id,
@@ -260,6 +262,8 @@ class Node:
             on_request=self._on_peer_request,
             snapshot_dir=os.path.join(self.member_dir, "snap"),
             on_unreachable=self._on_unreachable,
+            listen_tls=tls.server_context(peer_tls) if peer_tls and listen_tls else None,
+            dial_tls=tls.client_context(peer_tls) if peer_tls else None,
         )
         await self.transport.start()
         self._sync_transport_peers()

@@ -31,6 +31,12 @@ that connection only; the listener keeps serving everyone else.
 Sending never blocks and never raises for network trouble: a message waits in the
 destination's bounded queue, and a full queue or an unknown destination drops it (Raft
 retransmits). The transport is not thread-safe: call it on its event loop.
+
+TLS (etcd's ``--peer-cert-file`` family): with ``listen_tls`` the listener speaks TLS only
+(``raftkv.server.tls``: a plaintext peer is refused and logged, as is a certificate from
+an unknown CA), and ``https://`` peer URLs are dialed with ``dial_tls``, which checks the
+listener's certificate and host name and presents this member's certificate. The
+handshake and frames above travel inside the TLS connection, unchanged.
 """
 
 from __future__ import annotations
@@ -41,13 +47,14 @@ import enum
 import logging
 import os
 import random
+import ssl
 import struct
 import tempfile
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 from urllib.parse import urlsplit
 
 from raftkv import limits
@@ -58,10 +65,12 @@ from raftkv.server.codec import (
     decode_message,
     encode_message,
 )
+from raftkv.server.tls import TlsServer, describe_tls_error, start_tls_server
 
 _log = logging.getLogger(__name__)
 
 MAGIC = b"RKV1"
+_TLS_RECORD_START = b"\x16\x03"  # a TLS handshake record: a ClientHello
 PROTOCOL_VERSION = 1
 INCOMING_SNAPSHOT_PREFIX = "incoming-"
 INCOMING_SNAPSHOT_SUFFIX = ".tmp"
@@ -128,15 +137,27 @@ class TransportStats:
 # --- Wire helpers (pure) -------------------------------------------------------------
 
 
-def parse_peer_url(url: str) -> tuple[str, int]:
-    """(host, port) of ``http://host:port``; ValueError for anything else."""
+class PeerAddress(NamedTuple):
+    host: str
+    port: int
+    tls: bool  # an https:// URL
+
+
+def parse_peer_address(url: str) -> PeerAddress:
+    """The address of ``http://host:port`` or ``https://host:port``; ValueError otherwise."""
     parts = urlsplit(url)
-    if parts.scheme != "http":
-        raise ValueError(f"peer URL {url!r}: the scheme must be http (TLS is not supported yet)")
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"peer URL {url!r}: the scheme must be http or https")
     port = parts.port  # raises ValueError for a port that is not a number in range
     if not parts.hostname or port is None:
         raise ValueError(f"peer URL {url!r} needs a host and a port")
-    return parts.hostname, port
+    return PeerAddress(parts.hostname, port, parts.scheme == "https")
+
+
+def parse_peer_url(url: str) -> tuple[str, int]:
+    """(host, port) of ``http(s)://host:port``; ValueError for anything else."""
+    host, port, _ = parse_peer_address(url)
+    return host, port
 
 
 def encode_handshake(cluster_id: int, member_id: int, kind: ConnectionKind) -> bytes:
@@ -154,6 +175,11 @@ class Handshake:
 def decode_handshake(data: bytes) -> Handshake:
     assert len(data) == _HANDSHAKE.size
     magic, version, cluster_id, member_id, kind = _HANDSHAKE.unpack(data)
+    if magic.startswith(_TLS_RECORD_START):
+        raise PeerProtocolError(
+            "a TLS connection on a plaintext peer port: the peer dials an https:// URL of "
+            "this member, which listens on http://"
+        )
     if magic != MAGIC:
         raise PeerProtocolError(f"bad magic {magic!r}: not a raftkv peer")
     if version != PROTOCOL_VERSION:
@@ -259,7 +285,7 @@ class _RequestChannel:
 
 
 class _Peer:
-    def __init__(self, member_id: int, addresses: list[tuple[str, int]]) -> None:
+    def __init__(self, member_id: int, addresses: list[PeerAddress]) -> None:
         assert addresses
         self.member_id = member_id
         self.addresses = addresses
@@ -273,7 +299,7 @@ class _Peer:
         self.snapshot_in_flight = False
         self.requests = _RequestChannel()
 
-    def pick_address(self) -> tuple[str, int]:
+    def pick_address(self) -> PeerAddress:
         """The next URL in turn, so a dead one does not block the others."""
         address = self.addresses[self.next_address % len(self.addresses)]
         self.next_address += 1
@@ -335,6 +361,8 @@ class Transport:
         snapshot_dir: str,
         on_unreachable: OnUnreachable,
         rng: random.Random | None = None,
+        listen_tls: ssl.SSLContext | None = None,
+        dial_tls: ssl.SSLContext | None = None,
     ) -> None:
         assert 0 < member_id <= _UINT64_MAX, member_id
         assert 0 <= cluster_id <= _UINT64_MAX, cluster_id
@@ -351,8 +379,10 @@ class Transport:
         self._snapshot_dir = snapshot_dir
         # Only the reconnect jitter is random; inject a seeded one for reproducible runs.
         self._rng = rng if rng is not None else random.Random()
+        self._listen_tls = listen_tls
+        self._dial_tls = dial_tls
         self._peers: dict[int, _Peer] = {}
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.Server | TlsServer | None = None
         self._stopped = False
         self._connections: set[asyncio.StreamWriter] = set()
         self._inbound_tasks: set[asyncio.Task[None]] = set()
@@ -367,15 +397,30 @@ class Transport:
         assert self._server is None and not self._stopped, "start() is called once"
         os.makedirs(self._snapshot_dir, exist_ok=True)
         self._remove_stale_incoming_snapshots()
-        self._server = await asyncio.start_server(
-            self._accept,
-            self._listen_host,
-            self._listen_port,
-            limit=limits.PEER_READ_BUFFER_BYTES,
-        )
+        if self._listen_tls is not None:
+            self._server = await start_tls_server(
+                self._accept,
+                self._listen_host,
+                self._listen_port,
+                self._listen_tls,
+                what=f"member {_hex(self.member_id)} peer listener",
+                read_limit_bytes=limits.PEER_READ_BUFFER_BYTES,
+            )
+        else:
+            self._server = await asyncio.start_server(
+                self._accept,
+                self._listen_host,
+                self._listen_port,
+                limit=limits.PEER_READ_BUFFER_BYTES,
+            )
         for peer in self._peers.values():
             self._start_stream(peer)
-        _log.info("member %s: peer transport listening on port %d", _hex(self.member_id), self.port)
+        _log.info(
+            "member %s: peer transport listening on port %d%s",
+            _hex(self.member_id),
+            self.port,
+            " (TLS)" if self._listen_tls is not None else "",
+        )
 
     async def stop(self) -> None:
         """Close the listener and every connection and end every task; idempotent."""
@@ -470,11 +515,13 @@ class Transport:
         if self._server is not None and not self._stopped:
             self._start_stream(peer)
 
-    @staticmethod
-    def _parse_urls(urls: list[str]) -> list[tuple[str, int]]:
+    def _parse_urls(self, urls: list[str]) -> list[PeerAddress]:
         if not urls:
             raise ValueError("a peer needs at least one URL")
-        return [parse_peer_url(url) for url in urls]
+        addresses = [parse_peer_address(url) for url in urls]
+        if self._dial_tls is None and any(address.tls for address in addresses):
+            raise ValueError(f"peer URLs {urls}: https needs peer TLS (--peer-cert-file)")
+        return addresses
 
     # --- Sending messages -------------------------------------------------------------
 
@@ -586,11 +633,25 @@ class Transport:
 
     async def _dial(self, peer: _Peer, kind: ConnectionKind) -> _Connection:
         """A connection to ``peer`` whose handshake both sides accepted."""
-        host, port = peer.pick_address()
-        async with asyncio.timeout(limits.PEER_DIAL_TIMEOUT_MS / 1000):
-            reader, writer = await asyncio.open_connection(
-                host, port, limit=limits.PEER_READ_BUFFER_BYTES
-            )
+        host, port, tls = peer.pick_address()
+        context = self._dial_tls if tls else None
+        assert not tls or context is not None, "_parse_urls refuses https without dial_tls"
+        try:
+            async with asyncio.timeout(limits.PEER_DIAL_TIMEOUT_MS / 1000):
+                reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    limit=limits.PEER_READ_BUFFER_BYTES,
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                    ssl_handshake_timeout=(
+                        limits.PEER_DIAL_TIMEOUT_MS / 1000 if context is not None else None
+                    ),
+                )
+        except ssl.SSLError as error:
+            raise PeerProtocolError(
+                f"TLS handshake with {host}:{port} failed: {describe_tls_error(error)}"
+            ) from None
         connection = _Connection(reader, writer, f"{host}:{port}")
         self._connections.add(writer)
         try:
@@ -599,9 +660,15 @@ class Transport:
                 try:
                     reply = decode_handshake(await reader.readexactly(_HANDSHAKE.size))
                 except asyncio.IncompleteReadError:
+                    suspects = "our TLS certificate or a cluster ID" if tls else "a cluster ID"
                     raise PeerProtocolError(
                         f"{connection.address} closed the connection during the handshake "
-                        "(a cluster ID mismatch? its log says)"
+                        f"(it refused {suspects}? its log says)"
+                    ) from None
+                except ssl.SSLError as error:  # TLS 1.3: a refused certificate shows here
+                    raise PeerProtocolError(
+                        f"{connection.address} refused the TLS connection: "
+                        f"{describe_tls_error(error)}"
                     ) from None
             if not _same_cluster(reply.cluster_id, self.cluster_id) or (
                 reply.member_id != peer.member_id
