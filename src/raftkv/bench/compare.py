@@ -38,6 +38,7 @@ import grpc
 from raftkv import limits
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from raftkv.bench.load import (
+    HEADLINE_OP,
     BenchConfigError,
     BenchOptions,
     BenchResult,
@@ -644,8 +645,47 @@ def markdown_section(report: CompareReport, chart_link: str) -> str:
         "hardware, and a server that needs less CPU per request also leaves more to the "
         "generator. The ratios are the figure to read.",
         "",
+        *details_section(report),
     ]
     return "\n".join(lines)
+
+
+def _run_summary(run: dict[str, Any]) -> str:
+    # For the fan-out the events are the figure (their rate, and their delivery latency).
+    headline = "watch_delivery" if run["workload"] == "watch" else HEADLINE_OP[run["workload"]]
+    latency = run["latency_ms"].get(headline)
+    parts = [f"{run['throughput_ops_s'].get(headline, 0.0):,.0f} {headline}/s"]
+    if latency:
+        parts.append(f"p50 {latency['p50_ms']:.2f} / p99 {latency['p99_ms']:.2f} ms")
+    parts.append(f"generator CPU {run['generator_cpu_share']:.0%}")
+    errors = sum(run["errors"].values())
+    if errors:
+        parts.append(f"{errors:,} errors")
+    return ", ".join(parts)
+
+
+def details_section(report: CompareReport) -> list[str]:
+    """Per run: headline rate and latency, and how busy the generator was (near 100%: the
+    client side may have set the pace), then the scale phase's per-member figures."""
+    lines = [
+        "Per run (generator CPU: the load processes' CPU time over their wall time):",
+        "",
+        "| Workload | etcd | raftkv |",
+        "|---|---|---|",
+    ]
+    for key, measurement in report.measurements.items():
+        cells = ["<br>".join(_run_summary(run) for run in measurement.runs[f]) for f in FLAVORS]
+        lines.append(f"| {key} | {cells[0] or '—'} | {cells[1] or '—'} |")
+    lines += ["", "Scale phase, per member (MiB; seconds):", ""]
+    lines += ["| | etcd | raftkv |", "|---|---|---|"]
+    for name in ("peak_rss_mib_after_load", "peak_rss_mib_after_restart"):
+        cells = [", ".join(f"{v:,.0f}" for v in report.scale[f][name]) for f in FLAVORS]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    for name in ("load_s", "restart_to_serving_s"):
+        cells = [f"{report.scale[f][name]:.2f}" for f in FLAVORS]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    lines.append("")
+    return lines
 
 
 def _better(unit: str) -> str:

@@ -252,7 +252,6 @@ def plan_workers(
                 channel_endpoints=tuple(endpoints[n % len(endpoints)] for n in channel_numbers),
                 client_ids=client_ids,
                 watcher_ids=tuple(range(index, watchers, worker_count)),
-                total_clients=options.clients,
                 request_quota=quota,
                 duration_s=options.duration_s,
                 rate_ops_s=rate,
@@ -305,6 +304,7 @@ async def _worker(
         events.put(("ready", plan.index))
         await asyncio.to_thread(go.wait)
         ctx.start()
+        cpu_started_s = time.process_time()
         reporter = asyncio.create_task(_report_progress(ctx, events, plan.index))
         await runner.run()
         load_ended_ns = time.monotonic_ns()
@@ -312,11 +312,16 @@ async def _worker(
             events.put(("writes_done", plan.index))
             expected = await asyncio.to_thread(control.get)
             await runner.drain(expected)
+        # The watchers' work goes on until they drained: that is the window measured.
+        load_cpu_s = time.process_time() - cpu_started_s
+        cpu_window_end_ns = time.monotonic_ns()
         reporter.cancel()
         await asyncio.gather(reporter, return_exceptions=True)
         stats = ctx.stats
         result = {
             "load_ended_ns": load_ended_ns,
+            "load_cpu_s": load_cpu_s,
+            "cpu_window_end_ns": cpu_window_end_ns,
             "last_event_ns": stats.last_event_ns,
             "histograms": {op: h.to_dict() for op, h in stats.histograms.items()},
             "counters": stats.counters,
@@ -352,6 +357,7 @@ class BenchResult:
     counters: dict[str, int]
     errors: dict[str, int]
     events_elapsed_s: float | None = None  # watch: start signal -> last event delivered
+    generator_cpu_share: float = 0.0  # worker CPU time / (workers x wall time), start to end
 
     @property
     def headline_op(self) -> str:
@@ -386,6 +392,7 @@ class BenchResult:
             "settings": self.settings,
             "elapsed_s": self.elapsed_s,
             "events_elapsed_s": self.events_elapsed_s,
+            "generator_cpu_share": self.generator_cpu_share,
             "throughput_ops_s": {op: self.ops_per_s(op) for op in self.histograms},
             "latency_ms": {op: h.summary_ms() for op, h in self.histograms.items()},
             "counters": self.counters,
@@ -423,6 +430,9 @@ class BenchResult:
         others = {k: v for k, v in self.counters.items() if not k.startswith(("watch", "watchers"))}
         if others:
             lines.append("counters: " + ", ".join(f"{k}={v:,}" for k, v in sorted(others.items())))
+        lines.append(
+            f"generator CPU: {self.generator_cpu_share:.0%} of {s['workers']} worker process(es)"
+        )
         lines.append(f"errors: {self.total_errors:,}")
         for message, count in sorted(self.errors.items(), key=lambda item: -item[1]):
             lines.append(f"  {count:>8,}  {message}")
@@ -629,9 +639,15 @@ def _merge(results: list[dict[str, Any]], go_ns: int) -> dict[str, Any]:
         for message, count in result["errors"].items():
             errors[message] = errors.get(message, 0) + count
     load_ended_ns = max(result["load_ended_ns"] for result in results)
+    elapsed_s = (load_ended_ns - go_ns) / 1e9
+    cpu_s = sum(result["load_cpu_s"] for result in results)
+    cpu_window_s = (max(result["cpu_window_end_ns"] for result in results) - go_ns) / 1e9
     last_event_ns = max(result["last_event_ns"] for result in results)
     return {
-        "elapsed_s": (load_ended_ns - go_ns) / 1e9,
+        "elapsed_s": elapsed_s,
+        # The generator's own CPU while it loaded the target: near 1.0 means the client
+        # side (not the server) may have set the pace.
+        "generator_cpu_share": cpu_s / (len(results) * cpu_window_s) if cpu_window_s > 0 else 0.0,
         "histograms": histograms,
         "counters": counters,
         "errors": errors,

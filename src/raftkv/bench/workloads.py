@@ -109,7 +109,6 @@ class WorkerPlan:
     channel_endpoints: tuple[str, ...]
     client_ids: tuple[int, ...]  # global client ids (writers in the watch workload)
     watcher_ids: tuple[int, ...]  # watch and mixed workloads
-    total_clients: int
     request_quota: int | None  # None: run for duration_s
     duration_s: float | None
     rate_ops_s: float | None
@@ -201,7 +200,6 @@ class WorkerContext:
         self.deadline_s: float | None = None
         self.limiter = RateLimiter(plan.rate_ops_s) if plan.rate_ops_s else None
         self.sequence = 0  # put: this worker's requests so far (sequential keys)
-        self.stopping = False
         self.drain_started_ns = 0
 
     def channel_for(self, number: int) -> Channel:
@@ -214,8 +212,6 @@ class WorkerContext:
             self.limiter.next_slot_s = time.monotonic()
 
     def _out_of_budget(self) -> bool:
-        if self.stopping:
-            return True
         if self.remaining is not None and self.remaining <= 0:
             return True
         return self.deadline_s is not None and time.monotonic() >= self.deadline_s
