@@ -10,18 +10,17 @@ import pytest
 
 from raftkv.cli import main
 
-PENDING = ["snapshot"]
+
+def test_snapshot_needs_an_action(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main(["snapshot"])
+    assert exc_info.value.code == 2
+    assert "required: ACTION" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", PENDING)
-def test_pending_commands_say_not_yet_and_exit_2(
-    command: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main([command]) == 2
-    captured = capsys.readouterr()
-    assert "not yet" in captured.err
-    assert f"raftkv {command}" in captured.err
-    assert captured.out == ""
+def test_snapshot_save_wants_one_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["snapshot", "save", "x.db", "--endpoints", "a:1,b:2"]) == 2
+    assert "one selected node" in capsys.readouterr().err
 
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
@@ -29,7 +28,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exc_info.value.code == 0
     out = capsys.readouterr().out
-    for command in [*PENDING, "sim", "serve", "up", "bench"]:
+    for command in ["snapshot", "sim", "serve", "up", "bench"]:
         assert command in out
 
 

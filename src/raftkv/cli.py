@@ -10,16 +10,15 @@ from pathlib import Path
 import raftkv
 from raftkv import limits
 from raftkv.argtypes import bounded_int
+from raftkv.snapshot_command import add_snapshot_parser, run_snapshot
 
 EXIT_NOT_IMPLEMENTED = 2
 EXIT_BAD_CONFIG = 2
 
 # Subcommands that exist in the CLI surface but are not built yet, and the issue that
 # builds each.
-_PENDING: dict[str, str] = {
-    "snapshot": "save or restore a snapshot of a running cluster",
-}
-_PENDING_ISSUE = {"snapshot": 7}
+_PENDING: dict[str, str] = {}
+_PENDING_ISSUE: dict[str, int] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up_parser(sub)
     _add_verify_parser(sub)
     _add_bench_parser(sub)
+    add_snapshot_parser(sub)
     _add_certs_parser(sub)
 
     sim = sub.add_parser("sim", help="run the deterministic cluster simulator (VOPR)")
@@ -477,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_verify(args)
     if command == "bench":
         return _run_bench(args, arguments)
+    if command == "snapshot":
+        return run_snapshot(args)
     if command == "certs":
         return _run_certs(args)
     if command in _PENDING:

@@ -68,6 +68,7 @@ from raftkv.storage.alarm import AlarmStore, AlarmType, QuotaGuard
 from raftkv.storage.backend import Backend
 from raftkv.storage.disk import OsDisk
 from raftkv.storage.errors import NoSpaceError, RequestError
+from raftkv.storage.etcdsnap import backend_snapshot_chunks
 from raftkv.storage.lease import Lessor
 from raftkv.storage.lease.lessor import NotPrimaryError, TimeToLive
 from raftkv.storage.members import MemberRecord, MemberStore, cluster_id_for, member_id_for
@@ -785,21 +786,10 @@ class Node:
         self.backend.defragment()
 
     async def snapshot_chunks(self) -> AsyncIterator[tuple[bytes, int]]:
+        # etcd's format (a bbolt file), so etcd's tools read it; see storage/etcdsnap.
         directory = os.path.join(self.member_dir, f"snapshot-save-{self.rng.getrandbits(32):08x}")
-        self.backend.copy_to(directory)
-        path = os.path.join(directory, "data.mdb")
-        try:
-            total = os.path.getsize(path)
-            sent = 0
-            with open(path, "rb") as handle:
-                while True:
-                    chunk = handle.read(limits.SNAPSHOT_CHUNK_BYTES)
-                    if not chunk:
-                        break
-                    sent += len(chunk)
-                    yield chunk, total - sent
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
+        async for chunk, remaining_bytes in backend_snapshot_chunks(self.backend, directory):
+            yield chunk, remaining_bytes
 
     # -- Peer input ---------------------------------------------------------------------
 
