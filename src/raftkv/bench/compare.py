@@ -321,6 +321,18 @@ def peak_rss_mib(pid: int) -> float:
     raise ClusterError(f"no VmHWM in /proc/{pid}/status")
 
 
+def cluster_cpu_s(cluster: ProcessCluster) -> float:
+    """User + system CPU seconds the cluster's running member processes have used."""
+    ticks = 0
+    running = [m.process.pid for m in cluster.members if m.process and m.is_running()]
+    for pid in running:
+        with contextlib.suppress(OSError):
+            # Fields after "(comm)": state is 0, utime 11, stime 12 (proc(5) fields 3, 14, 15).
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def member_pids(cluster: ProcessCluster) -> list[int]:
     pids = []
     for member in cluster.members:
@@ -433,21 +445,27 @@ def _workload_phase(root: Path, options: CompareOptions, log: TextIO) -> dict[st
                 order = FLAVORS if repetition % 2 == 0 else FLAVORS[::-1]
                 for flavor in order:
                     _say(log, options, f"{case.key} on {flavor} (repetition {repetition + 1})")
-                    _measure(case, flavor, clusters[flavor], measurement, log, options)
+                    _measure(case, flavor, clusters, measurement, log, options)
     return measurements
 
 
 def _measure(
     case: Case,
     flavor: str,
-    cluster: ProcessCluster,
+    clusters: dict[str, ProcessCluster],
     measurement: Measurement,
     log: TextIO,
     options: CompareOptions,
 ) -> None:
-    bench_options = replace(case.options, endpoints=tuple(cluster.endpoints()))
+    bench_options = replace(case.options, endpoints=tuple(clusters[flavor].endpoints()))
+    cpu_s: dict[str, dict[str, float]] = {}
+
+    def on_phase(phase: str) -> None:
+        cpu_s[phase] = {f: cluster_cpu_s(c) for f, c in clusters.items()}
+        cpu_s[phase]["wall"] = time.monotonic()
+
     try:
-        result = run_bench(bench_options, progress=log)
+        result = run_bench(bench_options, progress=log, on_phase=on_phase)
     except BenchSetupError as error:
         measurement.values[flavor].append(math.nan)
         measurement.notes[flavor].append(f"run failed: {str(error).splitlines()[0]}")
@@ -460,6 +478,11 @@ def _measure(
         measurement.notes[flavor].append(note)
     run = result.to_dict()
     run.pop("histograms")
+    run["flavor"] = flavor
+    # Server CPU while the load ran, in cores: the measured cluster's, and the idle one's
+    # (what it took from the measured run).
+    wall_s = cpu_s["end"]["wall"] - cpu_s["start"]["wall"]
+    run["server_cpu_cores"] = {f: (cpu_s["end"][f] - cpu_s["start"][f]) / wall_s for f in clusters}
     measurement.runs[flavor].append(run)
     suffix = f"; {note}" if note else ""
     _say(log, options, f"{case.key} on {flavor}: {value:,.3f} {case.unit}{suffix}")
@@ -654,10 +677,16 @@ def _run_summary(run: dict[str, Any]) -> str:
     # For the fan-out the events are the figure (their rate, and their delivery latency).
     headline = "watch_delivery" if run["workload"] == "watch" else HEADLINE_OP[run["workload"]]
     latency = run["latency_ms"].get(headline)
-    parts = [f"{run['throughput_ops_s'].get(headline, 0.0):,.0f} {headline}/s"]
+    what = "events" if headline == "watch_delivery" else headline
+    parts = [f"{run['throughput_ops_s'].get(headline, 0.0):,.0f} {what}/s"]
     if latency:
         parts.append(f"p50 {latency['p50_ms']:.2f} / p99 {latency['p99_ms']:.2f} ms")
     parts.append(f"generator CPU {run['generator_cpu_share']:.0%}")
+    cores = run.get("server_cpu_cores", {})
+    if cores:
+        own = cores.get(run["flavor"], 0.0)
+        other = sum(v for f, v in cores.items() if f != run["flavor"])
+        parts.append(f"server {own:.2f} cores (idle cluster {other:.2f})")
     errors = sum(run["errors"].values())
     if errors:
         parts.append(f"{errors:,} errors")
@@ -668,7 +697,9 @@ def details_section(report: CompareReport) -> list[str]:
     """Per run: headline rate and latency, and how busy the generator was (near 100%: the
     client side may have set the pace), then the scale phase's per-member figures."""
     lines = [
-        "Per run (generator CPU: the load processes' CPU time over their wall time):",
+        "Per run. Generator CPU: the load processes' CPU time over their wall time (near "
+        "100%, the client side may have set the pace). Server: the measured cluster's CPU "
+        "in cores over the run, and the other (idle) cluster's:",
         "",
         "| Workload | etcd | raftkv |",
         "|---|---|---|",

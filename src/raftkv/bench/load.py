@@ -489,10 +489,15 @@ class ProgressLine:
 # --- The run --------------------------------------------------------------------------------
 
 
-def run_bench(options: BenchOptions, progress: TextIO | None = None) -> BenchResult:
+def run_bench(
+    options: BenchOptions,
+    progress: TextIO | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> BenchResult:
     """Run one workload against ``options.endpoints``, drawing the progress line on
-    ``progress`` (default: stderr) unless ``options.quiet``; raise BenchConfigError for bad
-    options, BenchSetupError if the target or a worker fails."""
+    ``progress`` (default: stderr) unless ``options.quiet``; ``on_phase("start")`` is called
+    as the load starts and ``on_phase("end")`` once every worker finished. Raise
+    BenchConfigError for bad options, BenchSetupError if the target or a worker fails."""
     check_options(options)
     endpoints = [normalize_endpoint(e) for e in options.endpoints]
     if options.target_leader:
@@ -519,7 +524,7 @@ def run_bench(options: BenchOptions, progress: TextIO | None = None) -> BenchRes
     stream = None if options.quiet else (progress or sys.stderr)
     line = ProgressLine(stream, options.workload, options)
     try:
-        merged = _run_workers(plans, endpoints, run_prefix, line)
+        merged = _run_workers(plans, endpoints, run_prefix, line, on_phase or _no_phase)
     finally:
         line.close()
     reported = asdict(replace(options, endpoints=tuple(endpoints)))
@@ -527,8 +532,16 @@ def run_bench(options: BenchOptions, progress: TextIO | None = None) -> BenchRes
     return BenchResult(workload=options.workload, settings=reported, **merged)
 
 
+def _no_phase(phase: str) -> None:
+    return None
+
+
 def _run_workers(
-    plans: list[WorkerPlan], endpoints: list[str], run_prefix: bytes, line: ProgressLine
+    plans: list[WorkerPlan],
+    endpoints: list[str],
+    run_prefix: bytes,
+    line: ProgressLine,
+    on_phase: Callable[[str], None],
 ) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     events: multiprocessing.queues.Queue[Message] = context.Queue()
@@ -544,9 +557,11 @@ def _run_workers(
         for process in processes:
             process.start()
         _wait_all(events, processes, "ready", limits.BENCH_WORKER_START_TIMEOUT_S)
+        on_phase("start")
         go_ns = time.monotonic_ns()
         go.set()
         results = _collect(events, processes, controls, endpoints, run_prefix, line, go_ns)
+        on_phase("end")
     finally:
         for process in processes:
             if process.pid is None:  # never started
