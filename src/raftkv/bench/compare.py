@@ -208,10 +208,10 @@ def _all_cases(
     return [
         Case(
             "write_throughput",
-            f"Write throughput (put, {many_text}, 8 B keys, 256 B values, all members)",
+            f"Write throughput (put, {many_text}, 8 B sequential keys, 256 B values, all members)",
             "puts/s",
             Target(">=", 1.0),
-            bench("put", **many, key_bytes=8, value_bytes=256),
+            bench("put", **many, key_bytes=8, value_bytes=256, sequential_keys=True),
             ops,
             _no_errors,
         ),
@@ -678,7 +678,8 @@ def _run_summary(run: dict[str, Any]) -> str:
     headline = "watch_delivery" if run["workload"] == "watch" else HEADLINE_OP[run["workload"]]
     latency = run["latency_ms"].get(headline)
     what = "events" if headline == "watch_delivery" else headline
-    parts = [f"{run['throughput_ops_s'].get(headline, 0.0):,.0f} {what}/s"]
+    rate = run["throughput_ops_s"].get(headline, 0.0)
+    parts = [f"{rate:,.0f} {what}/s"]
     if latency:
         parts.append(f"p50 {latency['p50_ms']:.2f} / p99 {latency['p99_ms']:.2f} ms")
     parts.append(f"generator CPU {run['generator_cpu_share']:.0%}")
@@ -687,6 +688,8 @@ def _run_summary(run: dict[str, Any]) -> str:
         own = cores.get(run["flavor"], 0.0)
         other = sum(v for f, v in cores.items() if f != run["flavor"])
         parts.append(f"server {own:.2f} cores (idle cluster {other:.2f})")
+        if rate > 0:  # CPU the 3 members spent per operation: the cost that sets throughput
+            parts.append(f"{own * 1e6 / rate:,.0f} µs server CPU per {what.rstrip('s')}")
     errors = sum(run["errors"].values())
     if errors:
         parts.append(f"{errors:,} errors")
