@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -41,8 +39,9 @@ from raftkv.server.requests import (
     encode,
 )
 from raftkv.storage.alarm import AlarmStore, AlarmType
-from raftkv.storage.backend import DATA_FILE, Backend
+from raftkv.storage.backend import Backend
 from raftkv.storage.errors import LeaseNotFoundError, NoSpaceError, RequestError
+from raftkv.storage.etcdsnap import backend_snapshot_chunks
 from raftkv.storage.lease import Lessor
 from raftkv.storage.lease.lessor import TimeToLive
 from raftkv.storage.mvcc import KVStore, PutRequest, TxnRequest
@@ -187,18 +186,9 @@ class LocalNode:
         self.backend.defragment()
 
     async def snapshot_chunks(self) -> AsyncIterator[tuple[bytes, int]]:
-        copy_directory = self.directory / f"snapshot-{self._rng.getrandbits(32):08x}"
-        self.backend.copy_to(str(copy_directory))
-        path = copy_directory / DATA_FILE
-        try:
-            total = os.path.getsize(path)
-            sent = 0
-            with path.open("rb") as handle:
-                while chunk := handle.read(limits.SNAPSHOT_CHUNK_BYTES):
-                    sent += len(chunk)
-                    yield chunk, total - sent
-        finally:
-            shutil.rmtree(copy_directory, ignore_errors=True)
+        work_dir = self.directory / f"snapshot-{self._rng.getrandbits(32):08x}"
+        async for chunk, remaining_bytes in backend_snapshot_chunks(self.backend, str(work_dir)):
+            yield chunk, remaining_bytes
 
     # --- Internals ------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
-from raftkv.storage.backend import DATA_FILE, Backend
-from raftkv.storage.mvcc import KVStore, RangeRequest
+from raftkv.storage.etcdsnap import layout, snapshot_status
+from raftkv.storage.etcdsnap.bbolt import open_reader
 from tests.api.conftest import ApiServer
 from tests.api.helpers import rpc_error, status_of
 
@@ -80,7 +80,9 @@ def test_alarms_get_activate_deactivate(api: ApiServer) -> None:
     )
 
 
-def test_snapshot_stream_is_the_backend_plus_its_sha256(api: ApiServer, tmp_path: Path) -> None:
+def test_snapshot_stream_is_an_etcd_database_plus_its_sha256(
+    api: ApiServer, tmp_path: Path
+) -> None:
     for i in range(200):
         put(api, b"key%03d" % i, b"x" * 10_000)  # a few MiB: several chunks
     chunks = list(api.maintenance.Snapshot(rpc_pb2.SnapshotRequest()))
@@ -92,16 +94,18 @@ def test_snapshot_stream_is_the_backend_plus_its_sha256(api: ApiServer, tmp_path
     assert remaining == [
         len(data) - sum(len(c.blob) for c in chunks[: i + 1]) for i in range(len(remaining))
     ]
-    # The bytes are a working backend holding the data.
-    copy = tmp_path / "restored"
-    copy.mkdir()
-    (copy / DATA_FILE).write_bytes(data)
-    backend = Backend(str(copy), map_size_bytes=256 * 1024 * 1024, sync=False)
-    try:
-        restored = KVStore(backend).range(RangeRequest(b"key", b"kez", count_only=True))
-        assert restored.count == 200 and restored.revision == 201
-    finally:
-        backend.close()
+    # The bytes are etcd's bbolt database with etcd's buckets, holding the data.
+    path = tmp_path / "snapshot.db"
+    path.write_bytes(data + digest.blob)
+    status = snapshot_status(str(path))
+    assert status.revision == 201 and status.total_size_bytes == len(data)
+    with open_reader(str(path)) as reader:
+        assert reader.check() == []
+        assert [bucket.key for bucket in reader.buckets()] == list(layout.BUCKETS)
+        key_bucket = reader.bucket(layout.BUCKET_KEY)
+        assert key_bucket is not None
+        keys = [layout.decode_key_value(e.value, "").key for e in reader.items(key_bucket)]
+    assert keys == [b"key%03d" % i for i in range(200)]
 
 
 def test_defragment_keeps_the_data(api: ApiServer) -> None:

@@ -494,9 +494,8 @@ def test_snapshot_save(pair: Pair, tmp_path: Path) -> None:
     assert refused.returncode != 0
     assert "snapshot must be requested to one selected node" in refused.stderr
 
-    # etcdutl reads etcd's bbolt file; raftkv's is LMDB (docs/compatibility.md).
-    etcd_status = etcdutl("snapshot", "status", str(files["etcd"]), "-w", "json")
-    assert etcd_status.returncode == 0 and json.loads(etcd_status.stdout)["revision"] > 0
-    raftkv_status = etcdutl("snapshot", "status", str(files["raftkv"]), "-w", "json")
-    assert raftkv_status.returncode != 0
-    assert "Error: invalid database" in raftkv_status.stderr
+    # Both files are etcd bbolt databases: etcdutl reads either (tests/snapshot/ restores them).
+    for name in ("etcd", "raftkv"):
+        status = etcdutl("snapshot", "status", str(files[name]), "-w", "json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["revision"] > 0
