@@ -11,8 +11,9 @@ One run writes, into one directory:
   and clientAuth, since each member both accepts and dials peer connections;
 * ``client.crt`` / ``client.key``: for clients (etcdctl ``--cert``/``--key``); clientAuth.
 
-Server and peer certificates name every ``--hosts`` entry as a subject alternative name
-(an IP address entry for an IP, a DNS entry otherwise). Keys are ECDSA P-256 in PKCS#8 PEM,
+Every certificate but the CA's names each ``--hosts`` entry as a subject alternative name
+(an IP address entry for an IP, a DNS entry otherwise); the client certificate too, since
+strict verifiers (RFC 5280 profiles) want one on every leaf. Keys are ECDSA P-256 in PKCS#8 PEM,
 written with mode 0600. Existing files are never replaced unless ``force`` is set. These
 are for development and tests: one key per role, shared by every member.
 """
@@ -150,8 +151,7 @@ def generate_dev_certs(
     issued: list[tuple[ec.EllipticCurvePrivateKey, x509.Certificate]] = []
     for common_name, usages in roles:
         key = ec.generate_private_key(ec.SECP256R1())
-        sans = [] if usages == [ExtendedKeyUsageOID.CLIENT_AUTH] else alt_names
-        cert = _leaf_certificate(key, common_name, usages, sans, ca_key, ca_cert, start)
+        cert = _leaf_certificate(key, common_name, usages, alt_names, ca_key, ca_cert, start)
         issued.append((key, cert))
     out_dir.mkdir(parents=True, exist_ok=True)
     (server_key, server_cert), (peer_key, peer_cert), (client_key, client_cert) = issued
@@ -248,8 +248,7 @@ def _leaf_certificate(
             critical=False,
         )
     )
-    if alt_names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
     return builder.sign(ca_key, hashes.SHA256())
 
 

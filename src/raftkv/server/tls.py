@@ -288,7 +288,10 @@ class TlsServer:
                     ssl_handshake_timeout=limits.TLS_HANDSHAKE_TIMEOUT_MS / 1000,
                 )
         except (OSError, TimeoutError) as error:
-            self._refusals.refused(self._what, address, f"TLS handshake failed: {_reason(error)}")
+            reason = _reason(error)
+            if isinstance(error, ConnectionError | ssl.SSLEOFError):
+                reason = "the client left (does it trust this listener's certificate?)"
+            self._refusals.refused(self._what, address, f"TLS handshake failed: {reason}")
             connection.close()
             return None
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

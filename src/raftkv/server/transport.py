@@ -298,6 +298,7 @@ class _Peer:
         self.stream_task: asyncio.Task[None] | None = None
         self.snapshot_in_flight = False
         self.requests = _RequestChannel()
+        self.last_dial_failure = ""  # since the last connection; "" after one succeeds
 
     def pick_address(self) -> PeerAddress:
         """The next URL in turn, so a dead one does not block the others."""
@@ -572,8 +573,14 @@ class Transport:
         try:
             connection = await self._dial(peer, ConnectionKind.STREAM)
         except (*_CONNECTION_ERRORS, PeerProtocolError) as error:
-            self._report_failure(peer, f"cannot connect: {error!r}", first=failures == 0)
+            problem = f"cannot connect: {error!r}"
+            # Warned again when the cause changes: the peer came up, but refuses our TLS
+            # certificate, say.
+            cause_changed = peer.last_dial_failure not in ("", problem)
+            peer.last_dial_failure = problem
+            self._report_failure(peer, problem, first=failures == 0 or cause_changed)
             return failures + 1
+        peer.last_dial_failure = ""
         if failures:
             self.stats.reconnects += 1
             _log.info("connected to member %s again", _hex(peer.member_id))
@@ -660,10 +667,14 @@ class Transport:
                 try:
                     reply = decode_handshake(await reader.readexactly(_HANDSHAKE.size))
                 except asyncio.IncompleteReadError:
-                    suspects = "our TLS certificate or a cluster ID" if tls else "a cluster ID"
+                    suspects = (
+                        "did it refuse our TLS certificate, or our cluster ID?"
+                        if tls
+                        else "a cluster ID mismatch, or a TLS-only port?"
+                    )
                     raise PeerProtocolError(
                         f"{connection.address} closed the connection during the handshake "
-                        f"(it refused {suspects}? its log says)"
+                        f"({suspects} its log says)"
                     ) from None
                 except ssl.SSLError as error:  # TLS 1.3: a refused certificate shows here
                     raise PeerProtocolError(
