@@ -228,3 +228,44 @@ def test_a_ca_file_that_is_not_a_certificate_is_refused(
     assert error_of(argv).startswith(
         f"--cert-file, --key-file, --trusted-ca-file: {garbage}: not a PEM CA certificate"
     )
+
+
+def test_etcds_nested_config_file_sections(certs: DevCertFiles, tmp_path: Path) -> None:
+    config_file = tmp_path / "etcd.conf.yml"
+    config_file.write_text(
+        "name: a\n"
+        f"listen-client-urls: {CLIENT}\n"
+        f"advertise-client-urls: {CLIENT}\n"
+        f"listen-peer-urls: {PEER}\n"
+        f"initial-advertise-peer-urls: {PEER}\n"
+        f"initial-cluster: a={PEER}\n"
+        "client-transport-security:\n"
+        f"  cert-file: {certs.server_cert}\n"
+        f"  key-file: {certs.server_key}\n"
+        "  client-cert-auth: true\n"
+        f"  trusted-ca-file: {certs.ca_cert}\n"
+        "  auto-tls: false\n"
+        "peer-transport-security:\n"
+        f"  cert-file: {certs.peer_cert}\n"
+        f"  key-file: {certs.peer_key}\n"
+        "  client-cert-auth: false\n"
+        "  auto-tls: true\n",
+        encoding="utf-8",
+    )
+    config = load_config([f"--config-file={config_file}"], {})
+    assert config.client_tls == TlsFiles(
+        str(certs.server_cert), str(certs.server_key), str(certs.ca_cert), True
+    )
+    assert config.peer_tls == TlsFiles(str(certs.peer_cert), str(certs.peer_key))
+    assert [w for w in config.warnings if "transport-security" in w] == [
+        f"ignoring {config_file}: peer-transport-security.auto-tls: raftkv does not implement "
+        "this etcd setting"
+    ]
+    config_file.write_text("client-transport-security:\n  cert-fil: x\n", encoding="utf-8")
+    assert error_of([f"--config-file={config_file}"]) == (
+        f"{config_file}: unknown key client-transport-security.cert-fil"
+    )
+    config_file.write_text("peer-transport-security: yes\n", encoding="utf-8")
+    assert error_of([f"--config-file={config_file}"]) == (
+        f"{config_file}: peer-transport-security: expected a mapping of TLS settings"
+    )

@@ -247,7 +247,9 @@ _ETCD_SETTINGS_NOT_IMPLEMENTED = frozenset(
         "force-new-cluster", "proxy", "proxy-failure-wait", "proxy-refresh-interval",
         "proxy-dial-timeout", "proxy-write-timeout", "proxy-read-timeout",
         "self-signed-cert-validity", "cipher-suites", "tls-min-version", "tls-max-version",
-        "client-transport-security", "peer-transport-security", "auto-tls", "peer-auto-tls",
+        "auto-tls", "peer-auto-tls", "client-crl-file", "peer-crl-file",
+        "peer-cert-allowed-cn", "peer-cert-allowed-hostname", "client-cert-file",
+        "client-key-file", "peer-client-cert-file", "peer-client-key-file",
     }
 )  # fmt: skip
 
@@ -379,10 +381,46 @@ def _file_settings(config_file: _Setting, warnings: list[str]) -> dict[str, _Set
         if key in _OPTIONS_BY_FLAG:
             if value is not None:  # an empty key leaves the default, like an absent one
                 settings[key] = _Setting(_yaml_scalar_text(value, origin), origin)
+        elif key in _TRANSPORT_SECURITY_PREFIXES:
+            settings.update(_transport_security_settings(path, key, value, warnings))
         elif key in _ETCD_SETTINGS_NOT_IMPLEMENTED or str(key).startswith("experimental-"):
             warnings.append(f"ignoring {origin}: raftkv does not implement this etcd setting")
         else:
             raise ConfigError(f"{path}: unknown key {key!r}")
+    return settings
+
+
+# etcd's config file nests the TLS settings: ``client-transport-security: {cert-file: ...}``
+# sets --cert-file, ``peer-transport-security: {cert-file: ...}`` sets --peer-cert-file.
+_TRANSPORT_SECURITY_PREFIXES = {"client-transport-security": "", "peer-transport-security": "peer-"}
+_TRANSPORT_SECURITY_KEYS = ("cert-file", "key-file", "client-cert-auth", "trusted-ca-file")
+_TRANSPORT_SECURITY_NOT_IMPLEMENTED = frozenset(
+    {
+        "auto-tls", "crl-file", "allowed-cn", "allowed-hostname", "client-cert-file",
+        "client-key-file", "skip-client-san-verification",
+    }
+)  # fmt: skip
+
+
+def _transport_security_settings(
+    path: Path, section: str, value: object, warnings: list[str]
+) -> dict[str, _Setting]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {section}: expected a mapping of TLS settings")
+    prefix = _TRANSPORT_SECURITY_PREFIXES[section]
+    settings: dict[str, _Setting] = {}
+    for key, item in value.items():
+        origin = f"{path}: {section}.{key}"
+        if key in _TRANSPORT_SECURITY_KEYS:
+            if item is not None:
+                settings[f"{prefix}{key}"] = _Setting(_yaml_scalar_text(item, origin), origin)
+        elif key in _TRANSPORT_SECURITY_NOT_IMPLEMENTED:
+            if item not in (None, False, ""):
+                warnings.append(f"ignoring {origin}: raftkv does not implement this etcd setting")
+        else:
+            raise ConfigError(f"{path}: unknown key {section}.{key}")
     return settings
 
 
