@@ -98,6 +98,13 @@ def _add_up_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "+2 (JSON gateway) (default: 2379)",
     )
     up.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    up.add_argument(
+        "--tls",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="mutual TLS on every URL with the files `raftkv certs --out DIR` wrote",
+    )
 
 
 def _add_certs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -437,7 +444,13 @@ def _run_serve(argv: list[str]) -> int:
 def _run_up(args: argparse.Namespace) -> int:
     from raftkv.up import run_up
 
-    return run_up(size=args.size, data_dir=args.data_dir, base_port=args.base_port, host=args.host)
+    return run_up(
+        size=args.size,
+        data_dir=args.data_dir,
+        base_port=args.base_port,
+        host=args.host,
+        tls_dir=args.tls,
+    )
 
 
 def _not_yet(command: str) -> int:

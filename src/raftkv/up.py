@@ -6,6 +6,9 @@ log ``DATA_DIR/m{i+1}.log``. Each member runs in its own process group, so Ctrl-
 only ``up``, which then stops the members in order: SIGTERM, a grace period, SIGKILL.
 Running ``up`` again on the same data directory resumes the same cluster: the members find
 their data and, like etcd, ignore the ``--initial-cluster*`` flags.
+
+With ``--tls DIR`` (the files ``raftkv certs --out DIR`` writes), every URL is ``https://``
+and the members use mutual TLS on their client, gateway and peer URLs.
 """
 
 from __future__ import annotations
@@ -57,6 +60,11 @@ class UpMember:
     gateway_port: int
     data_dir: Path
     log_path: Path
+    tls_dir: Path | None = None  # `raftkv certs` files: https and mutual TLS everywhere
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls_dir is None else "https"
 
     @property
     def client_endpoint(self) -> str:
@@ -65,15 +73,15 @@ class UpMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.client_endpoint}"
+        return f"{self.scheme}://{self.client_endpoint}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.peer_port}"
+        return f"{self.scheme}://{_url_host(self.host)}:{self.peer_port}"
 
     @property
     def gateway_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.gateway_port}"
+        return f"{self.scheme}://{_url_host(self.host)}:{self.gateway_port}"
 
     def ports(self) -> dict[str, int]:
         return {"client": self.client_port, "peer": self.peer_port, "gateway": self.gateway_port}
@@ -83,7 +91,9 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def plan_members(size: int, base_port: int, host: str, data_dir: Path) -> tuple[UpMember, ...]:
+def plan_members(
+    size: int, base_port: int, host: str, data_dir: Path, tls_dir: Path | None = None
+) -> tuple[UpMember, ...]:
     """The members of a ``size``-member cluster; see the module docstring for the layout."""
     assert 1 <= size <= limits.UP_MAX_MEMBERS, size
     assert base_port >= 1, base_port
@@ -101,6 +111,7 @@ def plan_members(size: int, base_port: int, host: str, data_dir: Path) -> tuple[
                 gateway_port=client_port + 2,
                 data_dir=data_dir / name,
                 log_path=data_dir / f"{name}.log",
+                tls_dir=tls_dir,
             )
         )
     return tuple(members)
@@ -152,19 +163,52 @@ def member_serve_flags(
 def serve_flags(member: UpMember, members: Sequence[UpMember]) -> list[str]:
     """The ``raftkv serve`` flags that start ``member`` of ``members``."""
     initial_cluster = ",".join(f"{peer.name}={peer.peer_url}" for peer in members)
-    return member_serve_flags(member, initial_cluster, "new", CLUSTER_TOKEN)
+    flags = member_serve_flags(member, initial_cluster, "new", CLUSTER_TOKEN)
+    if member.tls_dir is not None:
+        flags += tls_serve_flags(member.tls_dir)
+    return flags
 
 
-def run_up(size: int, data_dir: Path, base_port: int, host: str, out: TextIO = sys.stdout) -> int:
+def tls_serve_flags(tls_dir: Path) -> list[str]:
+    """Mutual TLS on the client and peer sides with the files of ``raftkv certs``."""
+    from raftkv.certs import DevCertFiles
+
+    files = DevCertFiles.in_directory(tls_dir)
+    return [
+        f"--cert-file={files.server_cert}",
+        f"--key-file={files.server_key}",
+        f"--trusted-ca-file={files.ca_cert}",
+        "--client-cert-auth",
+        f"--peer-cert-file={files.peer_cert}",
+        f"--peer-key-file={files.peer_key}",
+        f"--peer-trusted-ca-file={files.ca_cert}",
+        "--peer-client-cert-auth",
+    ]
+
+
+def run_up(
+    size: int,
+    data_dir: Path,
+    base_port: int,
+    host: str,
+    out: TextIO = sys.stdout,
+    tls_dir: Path | None = None,
+) -> int:
     """Start the cluster, report until it has a leader, then wait for Ctrl-C or SIGTERM."""
     if last_port(size, base_port) > 65535:
         return _refuse(f"--base-port {base_port} leaves no room for {size} members")
-    members = plan_members(size, base_port, host, data_dir)
-    refusal = _check_layout(data_dir, size, base_port, host) or _check_ports_free(members)
+    if tls_dir is not None:
+        tls_dir = tls_dir.absolute()  # the members may run elsewhere
+    members = plan_members(size, base_port, host, data_dir, tls_dir)
+    refusal = (
+        _check_tls_files(tls_dir, host)
+        or _check_layout(data_dir, size, base_port, host, tls_dir is not None)
+        or _check_ports_free(members)
+    )
     if refusal is not None:
         return _refuse(refusal)
     data_dir.mkdir(parents=True, exist_ok=True)
-    _write_layout(data_dir, size, base_port, host)
+    _write_layout(data_dir, size, base_port, host, tls_dir is not None)
     with _stop_requested() as stop, ExitStack() as cleanup:
         processes: dict[str, subprocess.Popen[bytes]] = {}
         cleanup.callback(_stop_members, members, processes, out)
@@ -184,7 +228,38 @@ def _say(out: TextIO, text: str) -> None:
     out.flush()  # a pipe reader (a test, a supervisor) sees each line as it happens
 
 
-def _check_layout(data_dir: Path, size: int, base_port: int, host: str) -> str | None:
+def _check_tls_files(tls_dir: Path | None, host: str) -> str | None:
+    """A refusal if ``tls_dir`` lacks a file of ``raftkv certs`` or its certificates do not
+    name ``host``."""
+    if tls_dir is None:
+        return None
+    from raftkv.certs import DevCertFiles
+    from raftkv.server.tls import TlsFilesError, certificate_host_names
+
+    files = DevCertFiles.in_directory(tls_dir)
+    make_them = f"make them with: raftkv certs --out {tls_dir} --hosts {host}"
+    missing = [path.name for path in files.all_paths() if not path.is_file()]
+    if missing:
+        return f"--tls {tls_dir}: no {', '.join(missing)}; {make_them}"
+    try:
+        names = certificate_host_names(str(files.server_cert))
+    except TlsFilesError as error:
+        return f"--tls {tls_dir}: {error}"
+    if host.strip("[]") not in names:
+        return f"--tls {tls_dir}: the certificates do not name {host}; {make_them} --force"
+    return None
+
+
+def _layout(size: int, base_port: int, host: str, tls: bool) -> dict[str, object]:
+    layout: dict[str, object] = {"size": size, "base_port": base_port, "host": host}
+    if tls:  # absent without TLS, so layouts written before --tls existed still match
+        layout["tls"] = True
+    return layout
+
+
+def _check_layout(
+    data_dir: Path, size: int, base_port: int, host: str, tls: bool = False
+) -> str | None:
     """A refusal if ``data_dir`` holds a cluster started with other settings."""
     layout_path = data_dir / LAYOUT_FILE_NAME
     try:
@@ -193,18 +268,18 @@ def _check_layout(data_dir: Path, size: int, base_port: int, host: str) -> str |
         return None
     except (OSError, ValueError) as error:
         return f"cannot read {layout_path}: {error}"
-    wanted = {"size": size, "base_port": base_port, "host": host}
-    if stored == wanted:
+    if stored == _layout(size, base_port, host, tls):
         return None
+    with_tls = " with --tls" if stored.get("tls") else " without --tls"
     return (
         f"{data_dir} holds a cluster started with --size {stored.get('size')} "
-        f"--base-port {stored.get('base_port')} --host {stored.get('host')}; "
+        f"--base-port {stored.get('base_port')} --host {stored.get('host')}{with_tls}; "
         "pass the same, or use another --data-dir"
     )
 
 
-def _write_layout(data_dir: Path, size: int, base_port: int, host: str) -> None:
-    layout = {"size": size, "base_port": base_port, "host": host}
+def _write_layout(data_dir: Path, size: int, base_port: int, host: str, tls: bool) -> None:
+    layout = _layout(size, base_port, host, tls)
     (data_dir / LAYOUT_FILE_NAME).write_text(json.dumps(layout) + "\n", encoding="utf-8")
 
 
@@ -277,10 +352,17 @@ def _print_endpoints(
             f"  peer {member.peer_url}  gateway {member.gateway_url}  log {member.log_path}",
         )
     endpoints = ",".join(member.client_endpoint for member in members)
+    etcdctl_tls = curl_tls = ""
+    tls_dir = members[0].tls_dir
+    if tls_dir is not None:
+        endpoints = ",".join(member.client_url for member in members)
+        ca, cert, key = (tls_dir / name for name in ("ca.crt", "client.crt", "client.key"))
+        etcdctl_tls = f" --cacert={ca} --cert={cert} --key={key}"
+        curl_tls = f" --cacert {ca} --cert {cert} --key {key}"
     _say(out, "try:")
-    _say(out, f"  etcdctl --endpoints={endpoints} put hello world")
-    _say(out, f"  etcdctl --endpoints={endpoints} get hello")
-    _say(out, f"  curl -s {members[0].gateway_url}/health")
+    _say(out, f"  etcdctl --endpoints={endpoints}{etcdctl_tls} put hello world")
+    _say(out, f"  etcdctl --endpoints={endpoints}{etcdctl_tls} get hello")
+    _say(out, f"  curl -s{curl_tls} {members[0].gateway_url}/health")
     _say(out, "Ctrl-C stops the cluster; run the same command again to resume it.")
 
 
@@ -295,9 +377,11 @@ def _supervise(
     leader_found = False
     started = time.monotonic()
     hinted = False
+    credentials = _channel_credentials(members[0].tls_dir)
     with ExitStack() as channels:
         stubs = {
-            member.name: _maintenance_stub(channels, member.client_endpoint) for member in members
+            member.name: _maintenance_stub(channels, member.client_endpoint, credentials)
+            for member in members
         }
         while not stop.is_set():
             _report_exits(members, processes, exited, out)
@@ -344,8 +428,28 @@ def _log_tail(log_path: Path, lines: int) -> list[str]:
     return text.splitlines()[-lines:]
 
 
-def _maintenance_stub(channels: ExitStack, endpoint: str) -> rpc_pb2_grpc.MaintenanceStub:
-    channel = channels.enter_context(grpc.insecure_channel(endpoint))
+def _channel_credentials(tls_dir: Path | None) -> grpc.ChannelCredentials | None:
+    """The client certificate of ``raftkv certs`` for the members' TLS gRPC ports."""
+    if tls_dir is None:
+        return None
+    from raftkv.certs import DevCertFiles
+    from raftkv.server.tls import read_pem
+
+    files = DevCertFiles.in_directory(tls_dir)
+    return grpc.ssl_channel_credentials(
+        root_certificates=read_pem(str(files.ca_cert)),
+        private_key=read_pem(str(files.client_key)),
+        certificate_chain=read_pem(str(files.client_cert)),
+    )
+
+
+def _maintenance_stub(
+    channels: ExitStack, endpoint: str, credentials: grpc.ChannelCredentials | None
+) -> rpc_pb2_grpc.MaintenanceStub:
+    if credentials is None:
+        channel = channels.enter_context(grpc.insecure_channel(endpoint))
+    else:
+        channel = channels.enter_context(grpc.secure_channel(endpoint, credentials))
     return rpc_pb2_grpc.MaintenanceStub(channel)
 
 
