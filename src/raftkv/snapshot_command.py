@@ -138,8 +138,9 @@ def save_snapshot(
         verify_trailing_hash(partial)
         os.replace(partial, path)
     except grpc.FutureTimeoutError:
-        raise SnapshotSaveError(f"{endpoint}: no connection within "
-                                f"{limits.ETCD_SNAPSHOT_SAVE_CONNECT_TIMEOUT_S} s") from None
+        raise SnapshotSaveError(
+            f"{endpoint}: no connection within {limits.ETCD_SNAPSHOT_SAVE_CONNECT_TIMEOUT_S} s"
+        ) from None
     except grpc.RpcError as error:
         raise SnapshotSaveError(f"{endpoint}: {error.code().name}: {error.details()}") from None
     except SnapshotHashMismatchError as error:
@@ -255,6 +256,8 @@ def human_bytes(size_bytes: int) -> str:
         return f"{size_bytes} B"
     exponent = int(math.floor(math.log(size_bytes) / math.log(_SI_BASE)))
     value = math.floor(size_bytes / _SI_BASE**exponent * 10 + 0.5) / 10
-    return f"{value:.1f} {_SIZE_UNITS[exponent]}" if value < 10 else (
-        f"{value:.0f} {_SIZE_UNITS[exponent]}"
+    return (
+        f"{value:.1f} {_SIZE_UNITS[exponent]}"
+        if value < 10
+        else (f"{value:.0f} {_SIZE_UNITS[exponent]}")
     )

@@ -218,9 +218,7 @@ def test_a_damaged_or_hashless_file_is_refused(snapshot: Path, tmp_path: Path) -
     assert (tmp_path / "out" / "member" / "wal").is_dir()
 
 
-def test_the_target_must_be_empty_and_the_flags_consistent(
-    snapshot: Path, tmp_path: Path
-) -> None:
+def test_the_target_must_be_empty_and_the_flags_consistent(snapshot: Path, tmp_path: Path) -> None:
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "precious").write_text("keep me")

@@ -314,16 +314,18 @@ class BoltReader:
         _, flags, _, _ = PAGE_HEADER.unpack_from(self._data, offset)
         fields_at = offset + PAGE_HEADER.size
         fields = bytes(self._data[fields_at : fields_at + META_FIELDS.size])
-        magic, version, page_bytes, _, root, _, freelist, high_water, txid = (
-            META_FIELDS.unpack(fields)
+        magic, version, page_bytes, _, root, _, freelist, high_water, txid = META_FIELDS.unpack(
+            fields
         )
         (checksum,) = META_CHECKSUM.unpack_from(self._data, fields_at + META_FIELDS.size)
         if flags != META_PAGE or magic != MAGIC or version != VERSION:
             return None
         if checksum != fnv1a_64(fields):
             return None
-        if not limits.ETCD_SNAPSHOT_MIN_PAGE_BYTES <= page_bytes <= (
-            limits.ETCD_SNAPSHOT_MAX_PAGE_BYTES
+        if (
+            not limits.ETCD_SNAPSHOT_MIN_PAGE_BYTES
+            <= page_bytes
+            <= (limits.ETCD_SNAPSHOT_MAX_PAGE_BYTES)
         ):
             return None
         if root >= high_water or (freelist >= high_water and freelist != NO_FREELIST):
@@ -401,8 +403,9 @@ class BoltReader:
             key_at = at + pos
             value_at = key_at + key_bytes
             if value_at + value_bytes > node.end:
-                raise SnapshotFormatError(f"{self.name}: {self._where(node)} element {index} "
-                                          "runs past its page")
+                raise SnapshotFormatError(
+                    f"{self.name}: {self._where(node)} element {index} runs past its page"
+                )
             yield Entry(
                 bytes(buffer[key_at:value_at]),
                 bytes(buffer[value_at : value_at + value_bytes]),
@@ -417,8 +420,9 @@ class BoltReader:
             pos, key_bytes, child = BRANCH_ELEMENT.unpack_from(buffer, at)
             key_at = at + pos
             if key_at + key_bytes > node.end:
-                raise SnapshotFormatError(f"{self.name}: {self._where(node)} element {index} "
-                                          "runs past its page")
+                raise SnapshotFormatError(
+                    f"{self.name}: {self._where(node)} element {index} runs past its page"
+                )
             yield bytes(buffer[key_at : key_at + key_bytes]), child
 
     def _check_elements_fit(self, node: _Node) -> None:
@@ -445,13 +449,16 @@ class BoltReader:
         reachable: set[int] = {0, 1}
         if self.meta.freelist_pgid != NO_FREELIST:
             freelist = self.page(self.meta.freelist_pgid)
-            reachable.update(range(freelist.start // self.meta.page_bytes,
-                                   freelist.end // self.meta.page_bytes))
+            reachable.update(
+                range(freelist.start // self.meta.page_bytes, freelist.end // self.meta.page_bytes)
+            )
         try:
             root = self.page(self.meta.root_pgid)
             self._check_tree(root, reachable, freed, problems, None, None, 0)
         except SnapshotFormatError as error:
             problems.append(str(error))
+        if self.meta.freelist_pgid == NO_FREELIST:
+            return problems  # bbolt then takes every unreachable page as free (etcd's case)
         for pgid in range(self.meta.high_water_pgid):
             if pgid not in reachable and pgid not in freed:
                 problems.append(f"page {pgid}: unreachable unfreed")
@@ -469,8 +476,10 @@ class BoltReader:
             first += FREELIST_ID.size
         if first + count * FREELIST_ID.size > node.end:
             raise SnapshotFormatError(f"{self.name}: freelist of {count} ids overflows its page")
-        return [FREELIST_ID.unpack_from(node.buffer, first + i * FREELIST_ID.size)[0]
-                for i in range(count)]
+        return [
+            FREELIST_ID.unpack_from(node.buffer, first + i * FREELIST_ID.size)[0]
+            for i in range(count)
+        ]
 
     def _check_tree(
         self,
