@@ -549,7 +549,7 @@ ETCD_SNAPSHOT_RESTORE_BATCH_RECORDS = 10_000
 # Read size when hashing or copying snapshot files.
 ETCD_SNAPSHOT_IO_BYTES = 1 * MIB
 # `raftkv snapshot save`: connecting to the endpoint, and receiving the whole stream.
-ETCD_SNAPSHOT_SAVE_CONNECT_TIMEOUT_S = 10.0
+ETCD_SNAPSHOT_SAVE_CONNECT_TIMEOUT_S = 5.0
 ETCD_SNAPSHOT_SAVE_TIMEOUT_S = 3600.0
 
 assert ETCD_SNAPSHOT_MIN_PAGE_BYTES <= ETCD_SNAPSHOT_PAGE_BYTES <= ETCD_SNAPSHOT_MAX_PAGE_BYTES

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from raftkv.cli import main
 from raftkv.raft.storage import BOOTSTRAP_INDEX, BOOTSTRAP_TERM
 from raftkv.storage.alarm import AlarmMember, AlarmStore, AlarmType
 from raftkv.storage.backend import DB_KEY, Backend, ConsistentIndex
@@ -274,3 +276,24 @@ def test_what_raftkv_cannot_serve_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SnapshotIncompatibleError, match="leases the snapshot does not hold"):
         restore_snapshot(options(path, tmp_path / "out"))
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.restoring").exists()
+
+
+def test_the_cli_reports_bad_files_and_dead_endpoints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database" * 1000)
+    assert main(["snapshot", "status", str(garbage)]) == 1
+    assert "not a bbolt database" in capsys.readouterr().err
+    assert main(["snapshot", "restore", str(garbage), "--data-dir", str(tmp_path / "d")]) == 1
+    assert "missing hash" in capsys.readouterr().err
+    flags = ["--name", "x", "--initial-cluster", "y=http://127.0.0.1:1"]
+    assert main(["snapshot", "restore", str(garbage), *flags]) == 2
+    assert "no entry for --name" in capsys.readouterr().err
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    save = ["snapshot", "save", str(tmp_path / "s.db"), "--endpoints", dead]
+    assert main([*save, "--dial-timeout", "0.5"]) == 1
+    assert "no connection within" in capsys.readouterr().err
+    assert not (tmp_path / "s.db").exists() and not (tmp_path / "s.db.part").exists()
