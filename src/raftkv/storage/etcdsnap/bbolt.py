@@ -439,7 +439,9 @@ class BoltReader:
 
     def check(self) -> list[str]:
         """The problems bbolt's consistency check (``Tx.Check``, which ``etcdutl snapshot
-        status`` runs) would report, plus key order: [] for a sound file."""
+        status`` runs) would report, plus key order: [] for a sound file. A file whose meta
+        page names no freelist (bbolt's NoFreelistSync, as etcd runs it) has every page that
+        is not reachable free, as bbolt rebuilds it."""
         problems: list[str] = []
         freed: set[int] = set()
         for pgid in self.free_pages():
