@@ -294,3 +294,33 @@ async def test_a_failing_disk_while_stopping_still_stops_the_member(tmp_path: Pa
         assert isinstance(error, DiskError)
     finally:
         real_close()
+
+
+def test_a_learner_that_stopped_is_not_promoted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "SERVER_MEMBER_HEALTH_INTERVAL_S", 0.5)
+    asyncio.run(asyncio.wait_for(_promote_a_stopped_learner(tmp_path), 60))
+
+
+async def _promote_a_stopped_learner(tmp_path: Path) -> None:
+    nodes = await _start(tmp_path, 3)
+    joiner: Node | None = None
+    try:
+        await nodes[0].propose(PutRequest(b"k", b"v"))
+        leader = _leader(nodes)
+        url = (f"http://127.0.0.1:{_free_port()}",)
+        member = await leader.member_add(list(url), is_learner=True)
+        cluster = {**nodes[0].config.initial_cluster, "m3": url}
+        joiner = Node(_config(tmp_path, "m3", cluster, initial_cluster_state="existing"))
+        await joiner.start()
+        await _until(lambda: joiner is not None and joiner.kv.current_revision >= 2)
+        await joiner.stop()
+        await asyncio.sleep(1.0)  # longer than the health interval: the learner is silent
+        # In sync when it stopped, but a dead voter is one failure closer to no quorum.
+        with pytest.raises(errors.LearnerNotReadyError):
+            await leader.member_promote(member.id)
+    finally:
+        await _stop_all(nodes)
+        if joiner is not None:
+            await joiner.stop()

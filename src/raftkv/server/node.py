@@ -664,7 +664,7 @@ class Node:
         a quorum (a voter that is down may always go: it is not part of the active quorum).
         Learners and promotions are not guarded, as in etcd."""
         voters = {m.id for m in self.member_store.all() if not m.is_learner}
-        connected = self._connected_voters(voters)
+        connected = self._connected(voters)
         adding_voter = kind is ConfChangeType.ADD_NODE and self.member_store.get(member_id) is None
         if adding_voter and connected != voters:
             raise errors.UnhealthyClusterError()
@@ -672,16 +672,16 @@ class Node:
         if removing_connected_voter and len(connected) - 1 < 1 + (len(voters) - 1) // 2:
             raise errors.UnhealthyClusterError()
 
-    def _connected_voters(self, voters: set[int]) -> set[int]:
-        """This member and the voters heard from within the health interval."""
+    def _connected(self, members: set[int]) -> set[int]:
+        """Those of ``members`` heard from within the health interval (and this member)."""
         now_s = time.monotonic()
         heard = {
-            voter
-            for voter in voters
-            if now_s - self._heard_at_s.get(voter, -math.inf)
+            member
+            for member in members
+            if now_s - self._heard_at_s.get(member, -math.inf)
             <= limits.SERVER_MEMBER_HEALTH_INTERVAL_S
         }
-        return heard | ({self.member_id} & voters)
+        return heard | ({self.member_id} & members)
 
     async def _wait_member_applied(self, applied: Callable[[], bool]) -> None:
         """After the leader applied a change for us, wait (briefly) until this member has
@@ -693,12 +693,16 @@ class Node:
             await asyncio.sleep(self.config.heartbeat_interval_ms / 1000)
 
     def _check_learner_ready(self, member_id: int) -> None:
-        """etcd promotes a learner only once its log is within 90% of the leader's."""
+        """etcd promotes a learner only once its log is within 90% of the leader's; and
+        only one that is connected now (a learner that stopped after catching up would
+        otherwise become a dead voter, one failure closer to losing the quorum)."""
         if not self.is_leader:
             raise errors.NotLeaderError()
         progress = self.rawnode.raft.tracker.progress.get(member_id)
         leader_match = self.rawnode.raft.log.last_index()
         if progress is None or progress.match < 0.9 * leader_match:
+            raise errors.LearnerNotReadyError()
+        if member_id not in self._connected({member_id}):
             raise errors.LearnerNotReadyError()
 
     async def member_update(self, member_id: int, peer_urls: list[str]) -> None:
