@@ -16,6 +16,7 @@ Usage:
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -46,6 +47,9 @@ LOG_TAIL_BYTES = 64 * 1024
 CLUSTER_TOKEN = "raftkv-verify"
 # Each member has an address of its own in a namespace, so the ports can be fixed.
 NAMESPACED_PORTS = (2379, 2380, 2381)  # client, peer, JSON gateway
+# Loopback members' ports: below the ephemeral range, and apart from `raftkv up`'s tests.
+FREE_PORT_RANGE = (10_000, 20_000)
+FREE_PORT_ATTEMPTS = 1000
 
 
 class ClusterError(AssertionError):
@@ -135,14 +139,28 @@ class MemberProcess(UpMember):
 
 
 def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
-    """``count`` distinct ports that were free a moment ago (the kernel picks them)."""
+    """``count`` distinct ports that were free a moment ago.
+
+    They are picked below Linux's ephemeral range (32768 and up), where the kernel takes
+    the source ports of outgoing connections: a port picked there can be taken by some
+    client's connection before the member binds it (seen under load).
+    """
+    rng = random.SystemRandom()
     with ExitStack() as probes:
-        ports = []
-        for _ in range(count):
+        ports: list[int] = []
+        for _ in range(FREE_PORT_ATTEMPTS):
+            if len(ports) == count:
+                return ports
+            port = rng.randrange(*FREE_PORT_RANGE)
             probe = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            probe.bind((host, 0))  # held open until all are picked, so they differ
-            ports.append(probe.getsockname()[1])
-        return ports
+            try:
+                probe.bind((host, port))  # held until all are picked, so they differ
+            except OSError:
+                continue
+            ports.append(port)
+    raise ClusterError(
+        f"no {count} free ports in {FREE_PORT_RANGE} after {FREE_PORT_ATTEMPTS} tries"
+    )
 
 
 def flag_args(extra_flags: Mapping[str, object]) -> list[str]:
