@@ -554,3 +554,28 @@ ETCD_SNAPSHOT_SAVE_TIMEOUT_S = 3600.0
 
 assert ETCD_SNAPSHOT_MIN_PAGE_BYTES <= ETCD_SNAPSHOT_PAGE_BYTES <= ETCD_SNAPSHOT_MAX_PAGE_BYTES
 assert ETCD_SNAPSHOT_RESTORE_BATCH_RECORDS >= 1
+
+# --- Auth (api/auth*.py, server/auth*) ---
+
+# bcrypt's cost for new password hashes: etcd's --bcrypt-cost default, and bcrypt's range.
+AUTH_BCRYPT_COST_DEFAULT = 10
+AUTH_BCRYPT_COST_MIN = 4
+AUTH_BCRYPT_COST_MAX = 31
+# bcrypt reads at most this many bytes of a password; longer ones are refused.
+AUTH_MAX_PASSWORD_BYTES = 72
+# Password hashes and checks running at once, each in a thread (bcrypt is slow on purpose).
+AUTH_MAX_CONCURRENT_BCRYPT = 2
+# etcd's --auth-token-ttl default: a simple token unused this long expires.
+AUTH_TOKEN_TTL_DEFAULT_S = 300
+# Random bytes in a simple token's secret (etcd draws 16 letters, about 91 bits).
+AUTH_SIMPLE_TOKEN_SECRET_BYTES = 24
+# A longer token is not one of ours and is refused without a look-up.
+AUTH_MAX_TOKEN_CHARS = 256
+# Live simple tokens one member keeps; past it the least recently used one is dropped.
+AUTH_MAX_SIMPLE_TOKENS = 100_000
+# Authenticate proposes again when the store changed while the password was checked
+# (etcd loops); after this many attempts it gives up with "revision of auth store is old".
+AUTH_AUTHENTICATE_MAX_ATTEMPTS = 3
+
+assert AUTH_BCRYPT_COST_MIN <= AUTH_BCRYPT_COST_DEFAULT <= AUTH_BCRYPT_COST_MAX
+assert AUTH_MAX_SIMPLE_TOKENS >= 1 and AUTH_MAX_CONCURRENT_BCRYPT >= 1

@@ -26,11 +26,13 @@ from raftkv.api.errors import NotSupportedError
 from raftkv.raft import Entry, EntryType
 from raftkv.raft.messages import Index, Term
 from raftkv.server.apply import Applier, Response
+from raftkv.server.auth.context import request_auth
 from raftkv.server.errors import BadLeaderTransfereeError, NotLeaderError
 from raftkv.server.interface import ETCD_API_VERSION, Header, Member, NodeStatus
 from raftkv.server.requests import (
     AlarmAction,
     AlarmRequest,
+    AuthorizedRequest,
     LeaseCheckpointRequest,
     LeaseGrantRequest,
     LeaseRevokeRequest,
@@ -84,6 +86,7 @@ class LocalNode:
         )
         self.alarms = AlarmStore(self.backend)
         self.applier = Applier(self.backend, self.kv, self.lessor, self.alarms, member_id)
+        self.auth = self.applier.auth
         self.watch_hub = WatchHub(self.kv)
         self._rng = random.Random(seed)
         self._term = 1
@@ -127,7 +130,11 @@ class LocalNode:
                 raise
         if isinstance(request, LeaseGrantRequest) and request.id == 0:
             request = LeaseGrantRequest(self.lessor.next_lease_id(self._rng), request.ttl_seconds)
-        result = self._apply(request)
+        # As the real node: a client's request carries its credentials to the apply step.
+        credentials = request_auth.get()
+        assert not isinstance(request, AuthorizedRequest)
+        revision = credentials.revision_now(self.auth.revision)
+        result = self._apply(AuthorizedRequest(credentials.username, revision, request))
         if isinstance(result, RequestError):
             raise result
         return result

@@ -478,7 +478,7 @@ def test_methods_and_paths(full: FullServer) -> None:
 
 
 def test_unimplemented_rpc_maps_to_501(full: FullServer) -> None:
-    reply = request(full.gateway_url, "/v3/auth/enable", {})
+    reply = request(full.gateway_url, "/v3/maintenance/downgrade", {})
     assert reply.status == 501 and reply.json["code"] == 12
 
 

@@ -145,16 +145,18 @@ def test_member_list(api: ApiServer) -> None:
     assert status_of(add)[0] == grpc.StatusCode.UNIMPLEMENTED  # the test double's answer
 
 
-def test_auth_is_disabled_and_not_implemented(api: ApiServer) -> None:
+def test_auth_starts_disabled_and_needs_root_to_enable(api: ApiServer) -> None:
     status = api.auth.AuthStatus(rpc_pb2.AuthStatusRequest())
     assert not status.enabled and status.authRevision == 1
-    for call in (
-        lambda: api.auth.Authenticate(rpc_pb2.AuthenticateRequest(name="root", password="x")),
-        lambda: api.auth.AuthEnable(rpc_pb2.AuthEnableRequest()),
-        lambda: api.auth.UserAdd(rpc_pb2.AuthUserAddRequest(name="u")),
-        lambda: api.auth.RoleList(rpc_pb2.AuthRoleListRequest()),
-    ):
-        assert status_of(rpc_error(call)) == (
-            grpc.StatusCode.UNIMPLEMENTED,
-            "raftkv: auth is not supported yet",
-        )
+    refused = rpc_error(lambda: api.auth.AuthEnable(rpc_pb2.AuthEnableRequest()))
+    assert status_of(refused) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "etcdserver: root user does not exist",
+    )
+    not_enabled = rpc_error(
+        lambda: api.auth.Authenticate(rpc_pb2.AuthenticateRequest(name="root", password="x"))
+    )
+    assert status_of(not_enabled) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "etcdserver: authentication is not enabled",
+    )

@@ -33,6 +33,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from raftkv import limits
+from raftkv.api import authz
 from raftkv.api.errors import Context, ServesNode, abort_for, requires_leader
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.api.etcdpb.mvccpb import kv_pb2
@@ -105,14 +106,17 @@ def handler(
     method: Callable[[_S, _Request, Context], Awaitable[_Response]],
 ) -> Callable[[_S, _Request, Context], Awaitable[_Response]]:
     """The error path of a Lock or Election RPC: etcd's ``hasleader`` check (its
-    server-wide interceptor, so UNAVAILABLE "etcdserver: no leader"), then every
-    refusal as ``abort_unknown``."""
+    server-wide interceptor, so UNAVAILABLE "etcdserver: no leader"), the caller's
+    credentials (``authz``: a user; the recipe's reads are checked in ``read`` and
+    ``WatchWait``, its writes when applied), then every refusal as ``abort_unknown``."""
+    policy = authz.policy_of(method.__name__)
 
     @functools.wraps(method)
     async def serve(self: _S, request: _Request, context: Context) -> _Response:
         if requires_leader(context) and self.node.leader_id == 0:
             await abort_for(context, NoLeaderError())
         try:
+            await authz.begin(self.node, context, policy, request, live=True)
             return await method(self, request, context)
         except (RequestError, ConcurrencyError) as error:
             await abort_unknown(context, error)
@@ -193,8 +197,9 @@ def created_at(key: bytes, create_revision: int) -> Compare:
 
 
 async def read(node: NodeAPI, request: RangeRequest) -> RangeResponse:
-    """A linearizable range (etcd's default Get)."""
+    """A linearizable range (etcd's default Get), if the caller may read it."""
     await node.read_barrier()
+    authz.check_read(node, request.key, request.range_end)
     return node.kv.range(request)
 
 
@@ -292,6 +297,7 @@ class WatchWait:
     so a canceled RPC leaves no watcher behind."""
 
     def __init__(self, node: NodeAPI, spec: WatchSpec) -> None:
+        authz.check_read(node, spec.key, spec.range_end)
         self._hub = node.watch_hub
         self._ready = asyncio.Event()
         self._watcher: Watcher = self._hub.watch(spec, self._ready.set)

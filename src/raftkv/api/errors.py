@@ -7,6 +7,8 @@ Every servicer method is wrapped by ``unary`` or ``stream``. They
 * refuse the call with etcd's ``UNAVAILABLE "etcdserver: no leader"`` when the client
   sent the metadata ``hasleader=true`` and this member knows no leader (etcd's
   interceptor, ``server/etcdserver/api/v3rpc/interceptor.go``);
+* check the caller's credentials against the method's auth policy
+  (``raftkv.api.authz``), and after a read that the auth store did not change meanwhile;
 * turn a ``RequestError`` (``raftkv.storage.errors``, ``raftkv.server.errors``) into
   ``context.abort(grpc.StatusCode[error.grpc_code], str(error))``, i.e. etcd's code and
   message;
@@ -24,6 +26,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 import grpc
 import grpc.aio
 
+from raftkv.api import authz
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.server.errors import LearnerNotSupportedError, NoLeaderError
 from raftkv.server.interface import NodeAPI
@@ -105,13 +108,17 @@ def unary(
     method: Callable[[_S, _Req, Context], Awaitable[_Resp]],
 ) -> Callable[[_S, _Req, Context], Awaitable[_Resp]]:
     """Wrap a unary (or client-streaming) handler in the common error path."""
+    policy = authz.policy_of(method.__name__)
 
     @functools.wraps(method)
     async def handler(self: _S, request: _Req, context: Context) -> _Resp:
         try:
             check_learner(self.node, request)
             check_leader(self.node, context)
-            return await method(self, request, context)
+            call = await authz.begin(self.node, context, policy, request)
+            response = await method(self, request, context)
+            authz.finish(self.node, call)
+            return response
         except grpc.aio.AbortError:
             raise  # context.abort already set the status
         except Exception as error:
@@ -124,12 +131,14 @@ def stream(
     method: Callable[[_S, _Req, Context], AsyncIterator[_Resp]],
 ) -> Callable[[_S, _Req, Context], AsyncIterator[_Resp]]:
     """Wrap a server- or bidi-streaming handler (an async generator)."""
+    policy = authz.policy_of(method.__name__)
 
     @functools.wraps(method)
     async def handler(self: _S, request: _Req, context: Context) -> AsyncIterator[_Resp]:
         try:
             check_learner(self.node, request)
             check_leader(self.node, context)
+            await authz.begin(self.node, context, policy, request)
             async for response in method(self, request, context):
                 yield response
         except grpc.aio.AbortError:

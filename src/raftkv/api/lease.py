@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from raftkv.api import convert
+from raftkv.api import authz, convert
 from raftkv.api.errors import Context, stream, unary
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from raftkv.server.apply import LeaseGrantResponse, LeaseRevokeResponse
@@ -60,6 +60,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             # The header is taken before the renewal, as etcd does: its revision is not
             # after a revocation the renewal could race with.
             header = self._header()
+            authz.check_lease_renew(self._node, context, request.ID)
             try:
                 ttl_seconds = await self._node.lease_keepalive(request.ID)
             except LeaseNotFoundError:

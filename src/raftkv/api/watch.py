@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from raftkv import limits
-from raftkv.api import convert
+from raftkv.api import authz, convert
 from raftkv.api.errors import Context, requires_leader, stream
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from raftkv.api.etcdpb.mvccpb import kv_pb2
@@ -73,7 +73,9 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
     async def Watch(
         self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], context: Context
     ) -> AsyncIterator[rpc_pb2.WatchResponse]:
-        watch_stream = WatchStream(self._node, self._options, requires_leader(context))
+        watch_stream = WatchStream(
+            self._node, self._options, requires_leader(context), auth_context=context
+        )
         async for response in watch_stream.run(request_iterator):
             yield response
 
@@ -95,8 +97,16 @@ class _StreamWatch:
 class WatchStream:
     """The state of one Watch RPC."""
 
-    def __init__(self, node: NodeAPI, options: ApiOptions, monitor_leader: bool) -> None:
+    def __init__(
+        self,
+        node: NodeAPI,
+        options: ApiOptions,
+        monitor_leader: bool,
+        auth_context: Context | None = None,
+    ) -> None:
         self._node = node
+        # The RPC's context: each create is checked against its token (authz).
+        self._auth_context = auth_context
         self._hub = node.watch_hub
         self._options = options
         self._monitor_leader = monitor_leader
@@ -292,6 +302,11 @@ class WatchStream:
 
     def _refusal(self, create: rpc_pb2.WatchCreateRequest) -> str | None:
         """Why a create is refused (etcd's cancel reason), or None."""
+        if self._auth_context is not None:
+            key = create.key or b"\0"
+            refusal = authz.watch_refusal(self._node, self._auth_context, key, create.range_end)
+            if refusal is not None:
+                return refusal
         if create.start_revision < 0:
             return str(CompactedError())
         range_end = create.range_end

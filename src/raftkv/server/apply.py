@@ -14,6 +14,12 @@ replay after a crash skips exactly what is already in the backend (docs/storage.
   the stores guarantee a refused request wrote nothing, so the batch goes on.
 * Anything else (``DiskError``, a bug) propagates and the batch aborts: the node must stop,
   because the lessor's and alarms' in-memory state is not rolled back.
+* A client's request comes as an ``AuthorizedRequest`` carrying its credentials. While
+  auth is enabled its permissions are checked here, against the replicated auth store,
+  as etcd's authApplierV3 does: every key a put, delete or txn op (and each compare)
+  touches, the keys of a lease being revoked, and root for auth management. A request
+  checked at an older auth revision than the store's is refused ("revision of auth store
+  is old"). Requests the member proposes itself come bare and are not checked.
 
 Deterministic: the results depend only on the entries and the replicated state. The
 only per-member input, ``now_tick``, reaches the lessor's primary-only expiry state.
@@ -26,14 +32,21 @@ from dataclasses import dataclass
 
 from raftkv import limits
 from raftkv.raft.messages import ConfChange, ConfChangeType, Entry, EntryType
+from raftkv.server.auth.context import AuthInfo
+from raftkv.server.auth.store import AuthChangeResponse, AuthenticateResponse, AuthStore
+from raftkv.server.auth.tokens import SimpleTokens
 from raftkv.server.requests import (
+    AUTH_MANAGEMENT_REQUESTS,
     AlarmAction,
     AlarmRequest,
+    AuthenticateRequest,
+    AuthorizedRequest,
     LeaseCheckpointRequest,
     LeaseGrantRequest,
     LeaseRevokeRequest,
     MemberAttributesRequest,
     MemberUpdateRequest,
+    PlainRequest,
     Request,
     decode,
 )
@@ -58,6 +71,7 @@ from raftkv.storage.mvcc import (
     KVStore,
     PutRequest,
     PutResponse,
+    RangeRequest,
     RequestOp,
     TxnRequest,
     TxnResponse,
@@ -105,6 +119,8 @@ Response = (
     | LeaseCheckpointResponse
     | AlarmResponse
     | MemberResponse
+    | AuthChangeResponse
+    | AuthenticateResponse
 )
 Result = Response | RequestError
 """What applying a request gave: its response, or the etcd error that refused it."""
@@ -126,6 +142,7 @@ class Applier:
         member_id: int,
         quota: QuotaGuard | None = None,
         members: MemberStore | None = None,
+        auth: AuthStore | None = None,
     ) -> None:
         self.backend = backend
         self.kv = kv
@@ -133,6 +150,8 @@ class Applier:
         self.alarms = alarms
         self.member_id = member_id
         self.members = members or MemberStore(backend)
+        self.auth = auth or AuthStore(backend, SimpleTokens(limits.AUTH_TOKEN_TTL_DEFAULT_S))
+        assert self.auth.backend is backend, "the auth store must live in this backend"
         # check_write reads only the replicated alarms, never the quota size.
         self.quota = quota or QuotaGuard(
             backend, min(kv.quota_bytes, backend.map_size_bytes), alarms
@@ -161,19 +180,38 @@ class Applier:
                 if not entry.data:
                     continue
                 request_id, request = decode(entry.data)
-                results.append((request_id, self._apply_one(batch, request, now_tick)))
+                result = self._apply_one(batch, request, now_tick, entry.index)
+                results.append((request_id, result))
             last = fresh[-1]
             batch.set_consistent_index(last.index, last.term)
         return results
 
-    def _apply_one(self, batch: WriteBatch, request: Request, now_tick: int) -> Result:
+    def _apply_one(self, batch: WriteBatch, request: Request, now_tick: int, index: int) -> Result:
         try:
-            return self._dispatch(batch, request, now_tick)
+            if isinstance(request, AuthorizedRequest):
+                info = AuthInfo(request.username, request.auth_revision)
+                self._check_permitted(info, request.request)
+                return self._dispatch(batch, request.request, now_tick, index)
+            return self._dispatch(batch, request, now_tick, index)
         except RequestError as error:
             assert batch.failure is None, f"a refused request wrote: {error!r}"
             return error
 
-    def _dispatch(self, batch: WriteBatch, request: Request, now_tick: int) -> Response:
+    def _check_permitted(self, info: AuthInfo, request: PlainRequest) -> None:
+        """etcd's authApplierV3: refuse before anything is written."""
+        if not self.auth.enabled:
+            return
+        match request:
+            case PutRequest() | DeleteRangeRequest() | TxnRequest():
+                check_op_permitted(self.auth, self.lessor, info, request)
+            case LeaseRevokeRequest():
+                check_lease_puts(self.auth, self.lessor, info, request.id)
+            case _ if isinstance(request, AUTH_MANAGEMENT_REQUESTS):
+                self.auth.check_admin(info)
+
+    def _dispatch(
+        self, batch: WriteBatch, request: PlainRequest, now_tick: int, index: int = 0
+    ) -> Response:
         check = self.quota.check_write
         match request:
             case PutRequest():
@@ -208,6 +246,10 @@ class Applier:
                 return self._member_attributes(batch, request)
             case MemberUpdateRequest():
                 return self._member_update(batch, request)
+            case AuthenticateRequest():
+                return self.auth.apply_authenticate(batch, request, index)
+            case _ if isinstance(request, AUTH_MANAGEMENT_REQUESTS):
+                return self.auth.apply(batch, request)
         raise AssertionError(f"unhandled request {request!r}")
 
     def _apply_conf_change(self, batch: WriteBatch, entry: Entry) -> tuple[int, Result]:
@@ -268,6 +310,38 @@ class Applier:
             self.quota.check_write(RequestKind.ALARM_DEACTIVATE, 0)
             member = self.alarms.deactivate(batch, request.member_id, request.alarm)
         return AlarmResponse(() if member is None else (member,))
+
+
+def check_op_permitted(auth: AuthStore, lessor: Lessor, info: AuthInfo, op: RequestOp) -> None:
+    """Every key ``op`` reads or writes (a txn's compares and nested ops too) must be
+    permitted to ``info``'s user; raises the refusal. The API checks read-only txns with
+    it, the apply step everything else."""
+    match op:
+        case RangeRequest():
+            auth.check_range(info, op.key, op.range_end)
+        case PutRequest():
+            auth.check_put(info, op.key)
+            if op.prev_kv:  # the answer holds the old value: a read
+                auth.check_range(info, op.key)
+            if op.lease:
+                check_lease_puts(auth, lessor, info, op.lease)
+        case DeleteRangeRequest():
+            auth.check_delete(info, op.key, op.range_end)
+            if op.prev_kv:
+                auth.check_range(info, op.key, op.range_end)
+        case TxnRequest():
+            for compare in op.compare:
+                auth.check_range(info, compare.key, compare.range_end)
+            for nested in (*op.success, *op.failure):
+                check_op_permitted(auth, lessor, info, nested)
+
+
+def check_lease_puts(auth: AuthStore, lessor: Lessor, info: AuthInfo, lease_id: int) -> None:
+    """Revoking a lease deletes its keys, and attaching a key to a lease lets whoever
+    revokes it delete the key: both need write permission on every key it holds."""
+    lease = lessor.lookup(lease_id)
+    for key in sorted(lease.keys) if lease is not None else ():
+        auth.check_put(info, key)
 
 
 def _txn_cost_bytes(request: TxnRequest) -> int:

@@ -89,6 +89,10 @@ class ServerConfig:
     auto_compaction_retention_revisions: int = 0  # revision mode; 0 = off
     log_level: LogLevel = "info"
     unsafe_no_fsync: bool = False
+    # Auth: etcd's --auth-token (simple tokens only), --auth-token-ttl, --bcrypt-cost.
+    auth_token: str = "simple"
+    auth_token_ttl_s: int = limits.AUTH_TOKEN_TTL_DEFAULT_S
+    bcrypt_cost: int = limits.AUTH_BCRYPT_COST_DEFAULT
     enable_grpc_gateway: bool = True
     # TLS on the client URLs (gRPC and the JSON gateway) that use https, and on the peer
     # URLs that use https; None without the flags.
@@ -196,6 +200,20 @@ _OPTIONS: tuple[_Option, ...] = (
         is_bool=True,
     ),
     _Option("enable-grpc-gateway", "true", "BOOL", "enable the JSON gateway", is_bool=True),
+    _Option("auth-token", "simple", "TYPE", "auth token type: simple (JWT is not supported)"),
+    _Option(
+        "auth-token-ttl",
+        str(limits.AUTH_TOKEN_TTL_DEFAULT_S),
+        "SECONDS",
+        "how long an unused simple token stays valid",
+    ),
+    _Option(
+        "bcrypt-cost",
+        str(limits.AUTH_BCRYPT_COST_DEFAULT),
+        "COST",
+        f"bcrypt cost of password hashes ({limits.AUTH_BCRYPT_COST_MIN}-"
+        f"{limits.AUTH_BCRYPT_COST_MAX})",
+    ),
     _Option("cert-file", "", "PATH", "path to the client server TLS cert file"),
     _Option("key-file", "", "PATH", "path to the client server TLS key file"),
     _Option(
@@ -241,8 +259,8 @@ _ETCD_SETTINGS_NOT_IMPLEMENTED = frozenset(
         "grpc-keepalive-interval", "grpc-keepalive-timeout", "socket-reuse-port",
         "socket-reuse-address", "discovery", "discovery-fallback", "discovery-proxy",
         "discovery-srv", "discovery-srv-name", "strict-reconfig-check", "pre-vote",
-        "enable-v2", "v2-deprecation", "cors", "host-whitelist", "auth-token", "bcrypt-cost",
-        "auth-token-ttl", "enable-pprof", "metrics", "listen-metrics-urls", "logger",
+        "enable-v2", "v2-deprecation", "cors", "host-whitelist",
+        "enable-pprof", "metrics", "listen-metrics-urls", "logger",
         "log-outputs", "log-format", "enable-log-rotation", "log-rotation-config-json",
         "force-new-cluster", "proxy", "proxy-failure-wait", "proxy-refresh-interval",
         "proxy-dial-timeout", "proxy-write-timeout", "proxy-read-timeout",
@@ -478,6 +496,15 @@ def _build(settings: _Settings, warnings: list[str]) -> ServerConfig:
         auto_compaction_retention_revisions=retention_revisions,
         log_level=cast(LogLevel, _parse_choice(settings, "log-level", LOG_LEVELS)),
         unsafe_no_fsync=_parse_bool(settings, "unsafe-no-fsync"),
+        auth_token=_parse_auth_token(settings),
+        auth_token_ttl_s=_parse_int(settings, "auth-token-ttl", minimum=1),
+        bcrypt_cost=_parse_int(
+            settings,
+            "bcrypt-cost",
+            minimum=limits.AUTH_BCRYPT_COST_MIN,
+            maximum=limits.AUTH_BCRYPT_COST_MAX,
+            why_maximum="bcrypt's largest cost",
+        ),
         enable_grpc_gateway=_parse_bool(settings, "enable-grpc-gateway"),
         client_tls=_parse_tls(settings, ""),
         peer_tls=_parse_tls(settings, "peer-"),
@@ -537,6 +564,17 @@ def _parse_int(
         reason = f": {why_maximum}" if why_maximum else ""
         raise ConfigError(f"{settings.label(flag)} ({value}) must be at most {maximum}{reason}")
     return value
+
+
+def _parse_auth_token(settings: _Settings) -> str:
+    """Only etcd's simple tokens: a JWT configuration is refused, not silently ignored."""
+    text = settings.get("auth-token").text.strip()
+    if text != "simple":
+        raise ConfigError(
+            f"{settings.label('auth-token')}: {_quote(text)} is not supported; raftkv "
+            "issues simple tokens only (docs/compatibility.md)"
+        )
+    return text
 
 
 def _parse_quota(settings: _Settings) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from raftkv.server.apply import Response
+from raftkv.server.auth.store import AuthStore
 from raftkv.server.requests import Request
 from raftkv.storage.alarm import AlarmStore
 from raftkv.storage.lease import Lessor
@@ -66,6 +67,10 @@ class NodeAPI(Protocol):
     lessor: Lessor
     alarms: AlarmStore
     watch_hub: WatchHub
+    # The replicated auth store and this member's tokens (``auth.tokens``); the API
+    # checks permissions against it, ``propose`` carries the request's credentials
+    # (``raftkv.server.auth.context``) to the apply step, which checks writes.
+    auth: AuthStore
 
     def header(self, revision: int | None = None) -> Header:
         """A response header; ``revision`` None means the store's current revision."""

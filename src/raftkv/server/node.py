@@ -48,12 +48,16 @@ from raftkv.raft.quorum import majority_size
 from raftkv.raft.storage import BOOTSTRAP_INDEX, BOOTSTRAP_TERM
 from raftkv.server import errors, tls
 from raftkv.server.apply import Applier, Response, Result, conf_change_context
+from raftkv.server.auth.context import request_auth
+from raftkv.server.auth.store import AuthStore
+from raftkv.server.auth.tokens import SimpleTokens
 from raftkv.server.config import ServerConfig, is_tls_url
 from raftkv.server.interface import ETCD_API_VERSION, Header, Member, NodeStatus
 from raftkv.server.peer_rpc import PeerCall, PeerReply, decode_call, decode_reply, encode_call
 from raftkv.server.requests import (
     AlarmAction,
     AlarmRequest,
+    AuthorizedRequest,
     LeaseCheckpointRequest,
     LeaseGrantRequest,
     LeaseRevokeRequest,
@@ -129,6 +133,8 @@ class Node:
         self._inbox: list[Message] = []
         self._unreachable: set[int] = set()
         self._sync_done: asyncio.Future[None] | None = None
+        # Tokens outlive a snapshot install (the auth store is rebuilt, the tokens stay).
+        self.auth_tokens = SimpleTokens(config.auth_token_ttl_s)
 
     # -- Startup ------------------------------------------------------------------------
 
@@ -234,6 +240,7 @@ class Node:
             )
         self.alarms = AlarmStore(self.backend)
         self.quota = QuotaGuard(self.backend, quota_bytes, self.alarms)
+        self.auth = AuthStore(self.backend, self.auth_tokens, self.config.bcrypt_cost)
         self.member_store.load()
         self.applier = Applier(
             self.backend,
@@ -243,6 +250,7 @@ class Node:
             self.member_id,
             quota=self.quota,
             members=self.member_store,
+            auth=self.auth,
         )
         if not hasattr(self, "watch_hub"):
             self.watch_hub = WatchHub(self.kv)
@@ -379,6 +387,11 @@ class Node:
     async def propose(self, request: Request) -> Response:
         self._check_serving()
         request = self._prepare(request)
+        # A client's request carries its credentials (none: user "", revision 0).
+        credentials = request_auth.get()
+        assert not isinstance(request, AuthorizedRequest), "the API proposes bare requests"
+        revision = credentials.revision_now(self.auth.revision)
+        request = AuthorizedRequest(credentials.username, revision, request)
         request_id = self._new_request_id()
         data = encode(request_id, request, self.config.max_request_bytes)
         result = await self._replicate(request_id, data)

@@ -25,7 +25,26 @@ ALARM (8)                   action:u8 member_id:uvarint alarm:u8
 RANGE (9)                   only as a txn op: key range_end limit revision sort_order:u8
                             sort_target:u8 flags(serializable, keys_only, count_only)
                             min_mod max_mod min_create max_create (svarints)
+MEMBER_ATTRIBUTES (10)      member_id:uvarint name count client_url*
+MEMBER_UPDATE (11)          member_id:uvarint count peer_url*
+AUTHORIZED (12)             username auth_revision:uvarint request (a client's request
+                            with its credentials, etcd's RequestHeader; never nested)
+AUTH_ENABLE (13)            (no body)
+AUTH_DISABLE (14)           (no body)
+AUTHENTICATE (15)           name token_digest (the SHA-256 of the token's secret)
+USER_ADD (16)               name password_hash flags(no_password)
+USER_DELETE (17)            name
+USER_CHANGE_PASSWORD (18)   name password_hash
+USER_GRANT_ROLE (19)        user role
+USER_REVOKE_ROLE (20)       name role
+ROLE_ADD (21)               name
+ROLE_DELETE (22)            role
+ROLE_GRANT_PERMISSION (23)  name perm_type:u8 key range_end
+ROLE_REVOKE_PERMISSION (24) role key range_end
 ==========================  ===========================================================
+
+Passwords are never replicated: USER_ADD and USER_CHANGE_PASSWORD carry the bcrypt hash
+the receiving member computed, AUTHENTICATE only a digest of the token.
 
 A compare is ``result:u8 target:u8 key range_end version create_revision mod_revision
 value lease``; every operand is kept so a decoded request equals the encoded one.
@@ -42,6 +61,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from raftkv import limits
+from raftkv.server.auth.permissions import PermissionType
 from raftkv.server.varint import UINT64_MAX, ByteReader, put_svarint, put_uvarint
 from raftkv.storage.alarm import AlarmType
 from raftkv.storage.errors import RequestTooLargeError
@@ -122,7 +142,112 @@ class MemberUpdateRequest:
     peer_urls: tuple[str, ...]
 
 
-Request = (
+# --- Auth (etcd's InternalRaftRequest auth fields) --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuthEnableRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDisableRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticateRequest:
+    """Registers a token on every member; the password was checked before proposing."""
+
+    name: str
+    token_digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UserAddRequest:
+    name: str
+    password_hash: bytes  # bcrypt's; empty for a no-password user
+    no_password: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UserDeleteRequest:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserChangePasswordRequest:
+    name: str
+    password_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UserGrantRoleRequest:
+    user: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserRevokeRoleRequest:
+    name: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoleAddRequest:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoleDeleteRequest:
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoleGrantPermissionRequest:
+    name: str
+    perm_type: PermissionType
+    key: bytes
+    range_end: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RoleRevokePermissionRequest:
+    role: str
+    key: bytes
+    range_end: bytes
+
+
+AuthManagementRequest = (
+    AuthEnableRequest
+    | AuthDisableRequest
+    | UserAddRequest
+    | UserDeleteRequest
+    | UserChangePasswordRequest
+    | UserGrantRoleRequest
+    | UserRevokeRoleRequest
+    | RoleAddRequest
+    | RoleDeleteRequest
+    | RoleGrantPermissionRequest
+    | RoleRevokePermissionRequest
+)
+"""The requests only root may make once auth is enabled (etcd's needAdminPermission)."""
+
+AUTH_MANAGEMENT_REQUESTS = (
+    AuthEnableRequest,
+    AuthDisableRequest,
+    UserAddRequest,
+    UserDeleteRequest,
+    UserChangePasswordRequest,
+    UserGrantRoleRequest,
+    UserRevokeRoleRequest,
+    RoleAddRequest,
+    RoleDeleteRequest,
+    RoleGrantPermissionRequest,
+    RoleRevokePermissionRequest,
+)
+
+PlainRequest = (
     PutRequest
     | DeleteRangeRequest
     | TxnRequest
@@ -133,7 +258,24 @@ Request = (
     | AlarmRequest
     | MemberAttributesRequest
     | MemberUpdateRequest
+    | AuthenticateRequest
+    | AuthManagementRequest
 )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizedRequest:
+    """A client's request with its credentials (etcd's RequestHeader): the user name
+    ("" for none) and the auth revision its token was checked at (0: no credentials).
+    Requests the member makes itself (lease expiry, checkpoints, alarms, attributes,
+    auto compaction) are proposed bare and are not subject to permissions."""
+
+    username: str
+    auth_revision: int
+    request: PlainRequest
+
+
+Request = PlainRequest | AuthorizedRequest
 
 
 class _Tag(enum.IntEnum):
@@ -148,6 +290,19 @@ class _Tag(enum.IntEnum):
     RANGE = 9
     MEMBER_ATTRIBUTES = 10
     MEMBER_UPDATE = 11
+    AUTHORIZED = 12
+    AUTH_ENABLE = 13
+    AUTH_DISABLE = 14
+    AUTHENTICATE = 15
+    USER_ADD = 16
+    USER_DELETE = 17
+    USER_CHANGE_PASSWORD = 18
+    USER_GRANT_ROLE = 19
+    USER_REVOKE_ROLE = 20
+    ROLE_ADD = 21
+    ROLE_DELETE = 22
+    ROLE_GRANT_PERMISSION = 23
+    ROLE_REVOKE_PERMISSION = 24
 
 
 # --- Encoding ------------------------------------------------------------------------
@@ -202,8 +357,69 @@ def _put_request(out: bytearray, request: Request) -> None:
             out.append(_Tag.MEMBER_UPDATE)
             put_uvarint(out, request.member_id)
             _put_strings(out, request.peer_urls)
+        case AuthorizedRequest():
+            assert not isinstance(request.request, AuthorizedRequest), "never nested"
+            out.append(_Tag.AUTHORIZED)
+            _put_text(out, request.username)
+            put_uvarint(out, request.auth_revision)
+            _put_request(out, request.request)
+        case _:
+            _put_auth_request(out, request)
+
+
+def _put_auth_request(out: bytearray, request: Request) -> None:
+    match request:
+        case AuthEnableRequest():
+            out.append(_Tag.AUTH_ENABLE)
+        case AuthDisableRequest():
+            out.append(_Tag.AUTH_DISABLE)
+        case AuthenticateRequest():
+            out.append(_Tag.AUTHENTICATE)
+            _put_text(out, request.name)
+            _put_bytes(out, request.token_digest)
+        case UserAddRequest():
+            out.append(_Tag.USER_ADD)
+            _put_text(out, request.name)
+            _put_bytes(out, request.password_hash)
+            _put_flags(out, request.no_password)
+        case UserDeleteRequest():
+            out.append(_Tag.USER_DELETE)
+            _put_text(out, request.name)
+        case UserChangePasswordRequest():
+            out.append(_Tag.USER_CHANGE_PASSWORD)
+            _put_text(out, request.name)
+            _put_bytes(out, request.password_hash)
+        case UserGrantRoleRequest():
+            out.append(_Tag.USER_GRANT_ROLE)
+            _put_text(out, request.user)
+            _put_text(out, request.role)
+        case UserRevokeRoleRequest():
+            out.append(_Tag.USER_REVOKE_ROLE)
+            _put_text(out, request.name)
+            _put_text(out, request.role)
+        case RoleAddRequest():
+            out.append(_Tag.ROLE_ADD)
+            _put_text(out, request.name)
+        case RoleDeleteRequest():
+            out.append(_Tag.ROLE_DELETE)
+            _put_text(out, request.role)
+        case RoleGrantPermissionRequest():
+            out.append(_Tag.ROLE_GRANT_PERMISSION)
+            _put_text(out, request.name)
+            out.append(int(request.perm_type))
+            _put_bytes(out, request.key)
+            _put_bytes(out, request.range_end)
+        case RoleRevokePermissionRequest():
+            out.append(_Tag.ROLE_REVOKE_PERMISSION)
+            _put_text(out, request.role)
+            _put_bytes(out, request.key)
+            _put_bytes(out, request.range_end)
         case _:
             raise TypeError(f"not a replicated request: {request!r}")
+
+
+def _put_text(out: bytearray, value: str) -> None:
+    _put_bytes(out, value.encode())
 
 
 def _put_strings(out: bytearray, values: tuple[str, ...]) -> None:
@@ -312,6 +528,18 @@ class _Reader(ByteReader):
 
     def request(self) -> Request:
         tag = self.enum_byte(_Tag)
+        if tag is _Tag.AUTHORIZED:
+            username, auth_revision = self.text(), self.uvarint()
+            inner_tag = self.enum_byte(_Tag)
+            if inner_tag is _Tag.AUTHORIZED:
+                raise RequestDecodeError("an authorized request inside another")
+            inner = self.plain_request(inner_tag)
+            return AuthorizedRequest(username, auth_revision, inner)
+        return self.plain_request(tag)
+
+    def plain_request(self, tag: _Tag) -> PlainRequest:
+        if tag >= _Tag.AUTH_ENABLE:
+            return self.auth_request(tag)
         match tag:
             case _Tag.PUT | _Tag.DELETE_RANGE | _Tag.TXN:
                 op = self.op_body(tag, depth=0)
@@ -344,6 +572,38 @@ class _Reader(ByteReader):
             case _Tag.RANGE:
                 raise RequestDecodeError("a range is replicated only inside a txn")
         raise AssertionError(f"unhandled tag {tag!r}")
+
+    def auth_request(self, tag: _Tag) -> PlainRequest:
+        match tag:
+            case _Tag.AUTH_ENABLE:
+                return AuthEnableRequest()
+            case _Tag.AUTH_DISABLE:
+                return AuthDisableRequest()
+            case _Tag.AUTHENTICATE:
+                return AuthenticateRequest(self.text(), self.raw())
+            case _Tag.USER_ADD:
+                name, password_hash = self.text(), self.raw()
+                (no_password,) = self.flags(1)
+                return UserAddRequest(name, password_hash, no_password)
+            case _Tag.USER_DELETE:
+                return UserDeleteRequest(self.text())
+            case _Tag.USER_CHANGE_PASSWORD:
+                return UserChangePasswordRequest(self.text(), self.raw())
+            case _Tag.USER_GRANT_ROLE:
+                return UserGrantRoleRequest(self.text(), self.text())
+            case _Tag.USER_REVOKE_ROLE:
+                return UserRevokeRoleRequest(self.text(), self.text())
+            case _Tag.ROLE_ADD:
+                return RoleAddRequest(self.text())
+            case _Tag.ROLE_DELETE:
+                return RoleDeleteRequest(self.text())
+            case _Tag.ROLE_GRANT_PERMISSION:
+                name = self.text()
+                perm_type = self.enum_byte(PermissionType)
+                return RoleGrantPermissionRequest(name, perm_type, self.raw(), self.raw())
+            case _Tag.ROLE_REVOKE_PERMISSION:
+                return RoleRevokePermissionRequest(self.text(), self.raw(), self.raw())
+        raise RequestDecodeError(f"{tag.name} is not an auth request")
 
     def text(self) -> str:
         try:

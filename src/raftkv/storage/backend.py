@@ -27,7 +27,19 @@ DB_META = b"meta"  # consistent index, compaction marks, ...
 DB_LEASE = b"lease"  # lease id -> encoded lease
 DB_ALARM = b"alarm"  # member id + alarm type -> b""
 DB_MEMBERS = b"members"  # member id -> encoded member; cluster identity in DB_META
-DATABASES = (DB_KEY, DB_META, DB_LEASE, DB_ALARM, DB_MEMBERS)
+DB_AUTH = b"auth"  # auth enabled flag and auth revision (etcd's bucket of that name)
+DB_AUTH_USERS = b"authUsers"  # user name -> authpb.User
+DB_AUTH_ROLES = b"authRoles"  # role name -> authpb.Role
+DATABASES = (
+    DB_KEY,
+    DB_META,
+    DB_LEASE,
+    DB_ALARM,
+    DB_MEMBERS,
+    DB_AUTH,
+    DB_AUTH_USERS,
+    DB_AUTH_ROLES,
+)
 
 META_CONSISTENT_INDEX = b"consistent_index"
 _INDEX_TERM = struct.Struct(">QQ")
