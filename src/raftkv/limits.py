@@ -579,3 +579,18 @@ AUTH_AUTHENTICATE_MAX_ATTEMPTS = 3
 
 assert AUTH_BCRYPT_COST_MIN <= AUTH_BCRYPT_COST_DEFAULT <= AUTH_BCRYPT_COST_MAX
 assert AUTH_MAX_SIMPLE_TOKENS >= 1 and AUTH_MAX_CONCURRENT_BCRYPT >= 1
+
+# --- Joining an existing cluster (server/identity.py) -----------------------------------
+
+# A member started with --initial-cluster-state existing and no data asks the members in
+# --initial-cluster for the member list (to learn its ID) for at most this long: they may
+# be starting too (StatefulSet pods), so it retries every interval; one request's bound.
+MEMBER_DISCOVERY_TIMEOUT_S = 15.0
+MEMBER_DISCOVERY_RETRY_INTERVAL_S = 0.5
+MEMBER_DISCOVERY_REQUEST_TIMEOUT_S = 2.0
+# A member list without this member is final after this long: the member that answered may
+# not have applied the add yet when the joiner starts right after `member add`.
+MEMBER_DISCOVERY_UNLISTED_GRACE_S = 2.0
+
+assert 0 < MEMBER_DISCOVERY_RETRY_INTERVAL_S < MEMBER_DISCOVERY_UNLISTED_GRACE_S
+assert MEMBER_DISCOVERY_UNLISTED_GRACE_S < MEMBER_DISCOVERY_TIMEOUT_S

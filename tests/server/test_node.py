@@ -209,8 +209,8 @@ async def test_new_member_catches_up_by_snapshot(tmp_path: Path) -> None:
         member = await leader.member_add(list(url), is_learner=True)
         cluster = {**nodes[0].config.initial_cluster, "m3": url}
         joiner = Node(_config(tmp_path, "m3", cluster, initial_cluster_state="existing"))
-        assert joiner.member_id == member.id
         await joiner.start()
+        assert joiner.member_id == member.id  # learned from the peers' member list
         nodes.append(joiner)
         await _until(lambda: joiner.kv.range(RangeRequest(b"k", b"l")).count == 60)
         await _until(lambda: joiner.cluster_id == leader.cluster_id)

@@ -52,6 +52,13 @@ from raftkv.server.auth.context import request_auth
 from raftkv.server.auth.store import AuthStore
 from raftkv.server.auth.tokens import SimpleTokens
 from raftkv.server.config import ServerConfig, is_tls_url
+from raftkv.server.identity import (
+    MemberIdentity,
+    discover_identity,
+    founding_identity,
+    read_identity,
+    write_identity,
+)
 from raftkv.server.interface import ETCD_API_VERSION, Header, Member, NodeStatus
 from raftkv.server.peer_rpc import PeerCall, PeerReply, decode_call, decode_reply, encode_call
 from raftkv.server.requests import (
@@ -75,7 +82,13 @@ from raftkv.storage.errors import NoSpaceError, RequestError
 from raftkv.storage.etcdsnap import backend_snapshot_chunks
 from raftkv.storage.lease import Lessor
 from raftkv.storage.lease.lessor import NotPrimaryError, TimeToLive
-from raftkv.storage.members import MemberRecord, MemberStore, cluster_id_for, member_id_for
+from raftkv.storage.members import (
+    MemberRecord,
+    MemberStore,
+    added_member_id_for,
+    cluster_id_for,
+    member_id_for,
+)
 from raftkv.storage.mvcc import CompactionRequest, KVStore, PutRequest, TxnRequest
 from raftkv.storage.mvcc.watchable import WatchHub
 from raftkv.storage.raft_storage import RaftPersistence
@@ -105,9 +118,12 @@ class Node:
         self.election_ticks = max(2, config.election_timeout_ms // config.heartbeat_interval_ms)
         self.request_timeout_s = 5.0 + 2 * config.election_timeout_ms / 1000
         self.rng = random.Random(os.urandom(16))
+        # A founding member's id; start() replaces it with the one kept in the data
+        # directory, or learned from the peers when joining (raftkv.server.identity).
         self.member_id = member_id_for(
             config.initial_advertise_peer_urls, config.initial_cluster_token
         )
+        self._identity: MemberIdentity | None = None
         self.cluster_id = 0
         self.now_tick = 0
         self._request_prefix = self.rng.getrandbits(31) << 32
@@ -142,6 +158,7 @@ class Node:
         os.makedirs(self.member_dir, exist_ok=True)
         disk = OsDisk()
         existed = RaftPersistence.exists(disk, self.member_dir)
+        self._identity = await self._establish_identity(existed)
         # Every backend commit is synced: LMDB without sync can be corrupted by a power
         # loss, and the WAL replay can only repair a backend that is behind, not broken.
         # The meta page is not (a crash may undo the last commit, which the WAL replays);
@@ -156,7 +173,9 @@ class Node:
         else:
             self.persistence = RaftPersistence.create_empty(disk, self.member_dir)
         self._open_state_machine()
-        self.cluster_id = self.member_store.cluster_id
+        # A joining member knows the cluster id from its peers before any snapshot.
+        known_cluster_id = self._identity.cluster_id if self._identity is not None else 0
+        self.cluster_id = self.member_store.cluster_id or known_cluster_id
         snapshot_index = self.persistence.storage.snapshot().metadata.index
         self._snapshot_index = snapshot_index
         raft_config = RaftConfig(
@@ -183,6 +202,31 @@ class Node:
             snapshot_index,
             self.config.data_dir,
         )
+
+    async def _establish_identity(self, existed: bool) -> MemberIdentity | None:
+        """This member's id: kept in its data (a restart never asks the peers: a rejoin
+        under a new id must not take over the old one's data), derived for a founding
+        member, or learned from the peers' member list when joining. A new identity is
+        kept before the WAL exists. None: a data directory older than identity files."""
+        config = self.config
+        if existed:
+            identity = read_identity(self.member_dir)
+        elif config.initial_cluster_state == "new":
+            identity = founding_identity(
+                config.initial_advertise_peer_urls,
+                config.initial_cluster,
+                config.initial_cluster_token,
+            )
+            write_identity(self.member_dir, identity)
+        else:
+            dial_tls = tls.client_context(config.peer_tls) if config.peer_tls else None
+            identity = await discover_identity(
+                config.name, config.initial_advertise_peer_urls, config.initial_cluster, dial_tls
+            )
+            write_identity(self.member_dir, identity)
+        if identity is not None:
+            self.member_id = identity.member_id
+        return identity
 
     def _bootstrap_new_cluster(self, disk: OsDisk) -> RaftPersistence:
         token = self.config.initial_cluster_token
@@ -277,13 +321,18 @@ class Node:
         await self.transport.start()
         self._sync_transport_peers()
         if not self.member_store.all():
-            # Joining an existing cluster: reach the members named in --initial-cluster
-            # until the leader's snapshot brings the real member table.
-            token = self.config.initial_cluster_token
-            for urls in self.config.initial_cluster.values():
-                peer_id = member_id_for(urls, token)
+            # Joining an existing cluster: reach the members its peers listed until the
+            # leader's snapshot brings the real member table.
+            for peer_id, urls in self._joining_peers():
                 if peer_id != self.member_id:
                     self.transport.add_peer(peer_id, list(urls))
+
+    def _joining_peers(self) -> list[tuple[int, tuple[str, ...]]]:
+        if self._identity is not None and self._identity.peers:
+            return list(self._identity.peers)
+        # A data directory older than identity files: every id was derived from URLs.
+        token = self.config.initial_cluster_token
+        return [(member_id_for(urls, token), urls) for urls in self.config.initial_cluster.values()]
 
     def _sync_transport_peers(self) -> None:
         wanted = {m.id: m for m in self.member_store.all() if m.id != self.member_id}
@@ -578,6 +627,8 @@ class Node:
         return reply.encode()
 
     async def _serve_peer_call(self, call: PeerCall) -> PeerReply:
+        if call.kind == "member_list":  # any member answers, from its own table
+            return PeerReply(cluster_id=self.cluster_id, members=tuple(self.member_store.all()))
         if not self.is_leader:
             raise errors.NotLeaderError()
         if call.kind == "member_add":
@@ -620,7 +671,9 @@ class Node:
             added_id = (await self._call_leader(call)).member_id
             await self._wait_member_applied(lambda: self.member_store.get(added_id) is not None)
             return Member(added_id, "", tuple(peer_urls), (), is_learner)
-        member_id = member_id_for(peer_urls, self.config.initial_cluster_token)
+        member_id = added_member_id_for(
+            peer_urls, self.config.initial_cluster_token, time.time_ns(), self.rng.getrandbits(64)
+        )
         if self.member_store.get(member_id) is not None:
             raise errors.MemberIDExistsError()
         learners = [m for m in self.member_store.all() if m.is_learner]

@@ -122,6 +122,11 @@ class PeerProtocolError(TransportError):
     """The remote end of a connection broke the protocol; the connection is closed."""
 
 
+class PeerRefusedError(PeerUnavailableError):
+    """``request_at``: the remote end is no raftkv member that accepts us (a TLS certificate
+    refused either way, or not the raftkv protocol): asking again will not help."""
+
+
 @dataclass(slots=True)
 class TransportStats:
     sent: int = 0  # messages written to a connection
@@ -1084,6 +1089,63 @@ class Transport:
                     await writer.drain()
         finally:
             slots.release()
+
+
+async def request_at(
+    url: str, payload: bytes, *, timeout_s: float, dial_tls: ssl.SSLContext | None
+) -> bytes:
+    """One request to whichever member listens at the peer URL ``url``, for a caller with no
+    member id yet (a member joining an existing cluster asks for the member list): a
+    REQUEST connection whose handshake names member 0 of cluster 0 (which every listener
+    accepts: ``_same_cluster``), one REQUEST frame, its answer, then the connection closes.
+
+    PeerUnavailableError on a refused or broken connection or the timeout; PeerRefusedError
+    (a subclass) for a TLS or protocol failure; PeerRequestFailedError (another) if the
+    member's handler failed."""
+    assert len(payload) <= limits.PEER_REQUEST_MAX_BYTES, len(payload)
+    host, port, tls = parse_peer_address(url)
+    if tls and dial_tls is None:
+        raise PeerRefusedError(f"{url}: https needs peer TLS (--peer-cert-file)")
+    context = dial_tls if tls else None
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(
+                host,
+                port,
+                limit=limits.PEER_READ_BUFFER_BYTES,
+                ssl=context,
+                server_hostname=host if context is not None else None,
+            )
+            writer.write(encode_handshake(0, 0, ConnectionKind.REQUEST))
+            writer.write(encode_frame(FrameKind.REQUEST, _U64.pack(1) + payload))
+            await writer.drain()
+            try:
+                decode_handshake(await reader.readexactly(_HANDSHAKE.size))
+            except asyncio.IncompleteReadError:
+                suspects = "our TLS certificate" if tls else "plaintext on its TLS-only port"
+                raise PeerProtocolError(
+                    f"closed the connection during the handshake (did it refuse {suspects}? "
+                    "its log says)"
+                ) from None
+            kind, body = await read_frame(reader)
+    except TimeoutError:
+        raise PeerUnavailableError(f"{url} did not answer within {timeout_s} s") from None
+    except ssl.SSLError as error:
+        raise PeerRefusedError(f"{url}: TLS failed: {describe_tls_error(error)}") from None
+    except PeerProtocolError as error:
+        raise PeerRefusedError(f"{url}: {error}") from None
+    except _CONNECTION_ERRORS as error:
+        raise PeerUnavailableError(f"{url}: {error!r}") from error
+    finally:
+        if writer is not None:
+            writer.close()
+    if kind is FrameKind.REQUEST_FAILED:
+        text = body[_U64.size :].decode("utf-8", "replace")
+        raise PeerRequestFailedError(f"{url} failed the request: {text}")
+    if kind is not FrameKind.RESPONSE or len(body) < _U64.size:
+        raise PeerRefusedError(f"{url}: unexpected {kind.name} frame answering a request")
+    return body[_U64.size :]
 
 
 def _remove_quietly(path: str) -> None:

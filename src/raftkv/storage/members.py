@@ -55,9 +55,19 @@ def _u64_of(*parts: str) -> int:
 
 
 def member_id_for(peer_urls: list[str] | tuple[str, ...], cluster_token: str) -> int:
-    """A member's id from its peer URLs and the cluster token (as etcd derives it), so a
-    joining member computes the same id the cluster gave it in MemberAdd."""
+    """A founding member's id from its peer URLs and the cluster token (as etcd derives
+    it), so every founding member computes the same ids, and so the same cluster id."""
     return _u64_of(*sorted(peer_urls), cluster_token)
+
+
+def added_member_id_for(
+    peer_urls: list[str] | tuple[str, ...], cluster_token: str, now_ns: int, nonce: int
+) -> int:
+    """The id MemberAdd gives: unique per add, as etcd's (which also hashes the time), so a
+    member removed and added back under the same URLs is a new member, not the removed one
+    (whose removal it would replay from the log). The nonce covers two adds in one clock
+    tick. The joining member learns this id from its peers' member list."""
+    return _u64_of(*sorted(peer_urls), cluster_token, str(now_ns), f"{nonce:x}")
 
 
 def cluster_id_for(member_ids: list[int], cluster_token: str) -> int:
