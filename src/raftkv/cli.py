@@ -287,6 +287,13 @@ def _add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     bench.add_argument(
         "--work-dir", type=Path, default=None, metavar="DIR", help="--compare: cluster data"
     )
+    bench.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--compare: environment of the raftkv servers (e.g. PYTHONPATH of another build)",
+    )
 
 
 def _positive_float(text: str) -> float:
@@ -365,6 +372,9 @@ def _run_compare(args: argparse.Namespace, argv: list[str], workers: int) -> int
 
     if args.workload is not None or args.endpoints:
         raise BenchConfigError("--compare starts its own clusters: no WORKLOAD or --endpoints")
+    if any("=" not in item for item in args.server_env):
+        raise BenchConfigError("--server-env takes KEY=VALUE")
+    server_env = dict(item.split("=", 1) for item in args.server_env)
     out_dir = args.out or Path("bench-results") / time.strftime("compare-%Y%m%d-%H%M%S")
     options = CompareOptions(
         out_dir=out_dir,
@@ -379,6 +389,7 @@ def _run_compare(args: argparse.Namespace, argv: list[str], workers: int) -> int
         watchers=args.compare_watchers,
         watch_writes=args.compare_watch_writes,
         only=tuple(key for key in args.compare_only.split(",") if key),
+        server_env=server_env,
         quiet=args.quiet,
         command=shlex.join(["raftkv", *argv]),
     )

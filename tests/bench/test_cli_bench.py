@@ -49,6 +49,7 @@ def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
         (["bench", "--endpoints", NOWHERE, "put", "--key-size", "2"], "do not fit"),
         (["bench", "--compare", "put"], "no WORKLOAD"),
         (["bench", "--compare", "--compare-only", "nosuch"], "unknown comparison"),
+        (["bench", "--compare", "--server-env", "PYTHONPATH"], "KEY=VALUE"),
     ],
 )
 def test_inconsistent_options_exit_2(

@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -110,6 +111,8 @@ class CompareOptions:
     election_timeout_ms: int = 1000
     snapshot_count: int = 10_000
     only: tuple[str, ...] = ()  # case keys to run (the scale rows always run); () = all
+    # Environment of the raftkv servers, e.g. PYTHONPATH of a clean checkout to measure.
+    server_env: dict[str, str] = field(default_factory=dict)
     quiet: bool = False
     command: str = "raftkv bench --compare"
 
@@ -301,6 +304,7 @@ def start_cluster(root: Path, flavor: Flavor, options: CompareOptions) -> Proces
         root / flavor,
         CLUSTER_SIZE,
         flavor=flavor,
+        env=options.server_env if flavor == "raftkv" else None,
         heartbeat_interval=options.heartbeat_interval_ms,
         election_timeout=options.election_timeout_ms,
         snapshot_count=options.snapshot_count,
@@ -394,11 +398,32 @@ class CompareReport:
 
 
 def run_compare(options: CompareOptions, log: TextIO = sys.stderr) -> CompareReport:
-    """Run every case against both clusters, then the scale phase; write the outputs."""
+    """Run every case against both clusters, then the scale phase; write the outputs.
+    SIGTERM stops it like Ctrl-C: the clusters are killed on the way out."""
+    previous = signal.getsignal(signal.SIGTERM)
+    is_main = threading.current_thread() is threading.main_thread()
+    if is_main:
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run_compare(options, log)
+    finally:
+        if is_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run_compare(options: CompareOptions, log: TextIO) -> CompareReport:
     cases = compare_cases(options)  # a bad selection fails before any cluster starts
     began = time.monotonic()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     machine = machine_facts()
+    if options.server_env:
+        machine["raftkv server environment"] = " ".join(
+            f"{k}={v}" for k, v in sorted(options.server_env.items())
+        )
     machine["load before"] = load_average()
     owned_root = options.work_dir is None
     root = Path(tempfile.mkdtemp(prefix="raftkv-compare-")) if owned_root else options.work_dir
