@@ -89,10 +89,14 @@ class SimpleTokens:
         if parsed is None:
             return None
         self._expire()
+        now_s = self._clock()
         registration = self._tokens.get(parsed[0])
         if registration is None:
             return None
-        registration.expires_at_s = self._clock() + self.ttl_s
+        if registration.expires_at_s <= now_s:  # whatever the order of the others
+            del self._tokens[parsed[0]]
+            return None
+        registration.expires_at_s = now_s + self.ttl_s
         self._tokens.move_to_end(parsed[0])
         return registration.username
 
