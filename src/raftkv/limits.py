@@ -594,3 +594,24 @@ MEMBER_DISCOVERY_UNLISTED_GRACE_S = 2.0
 
 assert 0 < MEMBER_DISCOVERY_RETRY_INTERVAL_S < MEMBER_DISCOVERY_UNLISTED_GRACE_S
 assert MEMBER_DISCOVERY_UNLISTED_GRACE_S < MEMBER_DISCOVERY_TIMEOUT_S
+
+# --- Metrics and logs (server/metrics.py, server/logs.py, api/monitoring.py) -----------
+
+# Label combinations one metric family keeps; new ones past it are not recorded, so odd
+# label values (many peers, a method flood) cannot grow memory without bound.
+METRICS_MAX_SERIES_PER_FAMILY = 4096
+# The --listen-metrics-urls listener: connections at once, a request's header, how long a
+# request may take to arrive and how long an idle connection stays open.
+METRICS_HTTP_MAX_CONNECTIONS = 64
+METRICS_HTTP_MAX_HEADER_BYTES = 16 * KIB
+METRICS_HTTP_READ_TIMEOUT_S = 10.0
+METRICS_HTTP_IDLE_TIMEOUT_S = 60.0
+# /health and /readyz there: the linearizable read must finish within this.
+METRICS_HEALTH_TIMEOUT_S = 3.0
+# etcd warns "slow fdatasync" when one WAL sync takes longer than this.
+WAL_SLOW_FSYNC_WARN_S = 1.0
+# etcd's default --experimental-warning-apply-duration: "apply request took too long".
+APPLY_WARN_DURATION_DEFAULT_MS = 100
+
+assert METRICS_MAX_SERIES_PER_FAMILY >= 256 and METRICS_HTTP_MAX_CONNECTIONS >= 1
+assert 0 < METRICS_HTTP_READ_TIMEOUT_S <= METRICS_HTTP_IDLE_TIMEOUT_S

@@ -157,7 +157,7 @@ def test_certificates_need_an_https_url(certs: DevCertFiles) -> None:
     argv = [*tls_urls(client="http://127.0.0.1:12379"), *client_flags(certs), *peer_flags(certs)]
     assert error_of(argv) == (
         "--cert-file and the other client TLS flags are set, but no URL of "
-        "--listen-client-urls or --listen-client-http-urls uses https://"
+        "--listen-client-urls or --listen-client-http-urls or --listen-metrics-urls uses https://"
     )
 
 

@@ -14,8 +14,8 @@ etcd 3.5's (``gateway_routes``), all ``POST``:
   client disconnects.
 
 The ``Authorization`` header goes to gRPC as the ``token`` metadata. ``GET /version``,
-``/health`` (etcd 3.5's checks: alarms, a leader, a linearizable read), ``/livez`` and
-``/readyz`` are answered here.
+``/health`` (etcd 3.5's checks: alarms, a leader, a linearizable read), ``/livez``,
+``/readyz`` and ``/metrics`` (``raftkv.server.metrics``) are answered here.
 
 TLS: a listen address given an ``ssl.SSLContext`` serves HTTPS only (a plaintext request
 gets Go's "400 Bad Request: Client sent an HTTP request to an HTTPS server" and is closed);
@@ -45,6 +45,7 @@ from raftkv.api import gateway_json
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.api.gateway_http import Connection, HttpError, Request
 from raftkv.api.gateway_routes import ROUTES, CallKind, Route
+from raftkv.server import metrics
 from raftkv.server.interface import ETCD_API_VERSION
 from raftkv.server.tls import TlsFiles, TlsServer, read_pem, start_tls_server
 
@@ -279,6 +280,11 @@ class Gateway:
                 HTTPStatus.SERVICE_UNAVAILABLE, _TEXT, body + b"\n", request.keep_alive
             )
 
+    async def _metrics(self, connection: Connection, request: Request) -> None:
+        headers = [("Content-Type", metrics.CONTENT_TYPE)]
+        body = metrics.REGISTRY.render()  # this process's member (raftkv.server.metrics)
+        await connection.write_response(HTTPStatus.OK, headers, body, request.keep_alive)
+
     async def _livez(self, connection: Connection, request: Request) -> None:
         # Alive: the member answers a local (serializable) read.
         reason = await self._read_problem(serializable=True)
@@ -396,6 +402,7 @@ _LOCAL_HANDLERS: dict[str, _LocalHandler] = {
     "/health": Gateway._health,
     "/livez": Gateway._livez,
     "/readyz": Gateway._readyz,
+    "/metrics": Gateway._metrics,
 }
 
 

@@ -23,6 +23,7 @@ from raftkv import limits
 from raftkv.api.auth import AuthService
 from raftkv.api.cluster import ClusterService
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2_grpc
+from raftkv.api.grpc_metrics import GrpcMetricsInterceptor
 from raftkv.api.kv import KVService
 from raftkv.api.lease import LeaseService
 from raftkv.api.maintenance import MaintenanceService
@@ -101,7 +102,7 @@ async def start_grpc_server_bound(
         options=server_options(options),
         maximum_concurrent_rpcs=limits.API_MAX_CONCURRENT_RPCS,
         # Undecodable requests get grpc-go's INTERNAL refusal, not grpcio's UNKNOWN.
-        interceptors=[UndecodableRequestInterceptor()],
+        interceptors=[GrpcMetricsInterceptor(), UndecodableRequestInterceptor()],
     )
     add_services(server, node, options)
     if extra_servicers is not None:

@@ -29,15 +29,18 @@ from urllib.parse import urlsplit
 import yaml
 
 from raftkv import limits
+from raftkv.server.logs import LOG_FORMATS, LogFormat
 from raftkv.server.tls import TlsFiles, TlsFilesError, check_files, read_pem
 
 ClusterState = Literal["new", "existing"]
 CompactionMode = Literal["periodic", "revision"]
 LogLevel = Literal["debug", "info", "warn", "error", "panic", "fatal"]
+MetricsLevel = Literal["basic", "extensive"]
 
 CLUSTER_STATES: tuple[ClusterState, ...] = ("new", "existing")
 COMPACTION_MODES: tuple[CompactionMode, ...] = ("periodic", "revision")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warn", "error", "panic", "fatal")
+METRICS_LEVELS: tuple[MetricsLevel, ...] = ("basic", "extensive")
 
 DEFAULT_NAME = "default"
 DEFAULT_CLIENT_URL = "http://localhost:2379"
@@ -88,6 +91,12 @@ class ServerConfig:
     auto_compaction_retention_seconds: int = 0  # periodic mode; 0 = off
     auto_compaction_retention_revisions: int = 0  # revision mode; 0 = off
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+    log_outputs: tuple[str, ...] = ("default",)
+    # Plain HTTP(S) listeners for /metrics and the health endpoints (etcd's flag).
+    listen_metrics_urls: tuple[str, ...] = ()
+    metrics: MetricsLevel = "basic"
+    warning_apply_duration_ms: int = limits.APPLY_WARN_DURATION_DEFAULT_MS
     unsafe_no_fsync: bool = False
     # Auth: etcd's --auth-token (simple tokens only), --auth-token-ttl, --bcrypt-cost.
     auth_token: str = "simple"
@@ -192,6 +201,25 @@ _OPTIONS: tuple[_Option, ...] = (
         "mode, a revision count in revision mode; 0 disables auto compaction",
     ),
     _Option("log-level", "info", "LEVEL", "debug, info, warn, error, panic or fatal"),
+    _Option("log-format", "text", "text|json", "log lines as text or as one JSON object each"),
+    _Option(
+        "log-outputs",
+        "default",
+        "OUTPUTS",
+        "default, stderr, stdout or file paths, comma-separated",
+    ),
+    _Option(
+        "listen-metrics-urls", "", "URLS", "URLs to listen on for /metrics and health endpoints"
+    ),
+    _Option(
+        "metrics", "basic", "basic|extensive", "extensive adds the gRPC handling-time histogram"
+    ),
+    _Option(
+        "experimental-warning-apply-duration",
+        f"{limits.APPLY_WARN_DURATION_DEFAULT_MS}ms",
+        "DURATION",
+        "warn when applying a batch of entries takes longer than this",
+    ),
     _Option(
         "unsafe-no-fsync",
         "false",
@@ -260,8 +288,8 @@ _ETCD_SETTINGS_NOT_IMPLEMENTED = frozenset(
         "socket-reuse-address", "discovery", "discovery-fallback", "discovery-proxy",
         "discovery-srv", "discovery-srv-name", "strict-reconfig-check", "pre-vote",
         "enable-v2", "v2-deprecation", "cors", "host-whitelist",
-        "enable-pprof", "metrics", "listen-metrics-urls", "logger",
-        "log-outputs", "log-format", "enable-log-rotation", "log-rotation-config-json",
+        "enable-pprof", "logger", "enable-log-rotation",
+        "log-rotation-config-json",
         "force-new-cluster", "proxy", "proxy-failure-wait", "proxy-refresh-interval",
         "proxy-dial-timeout", "proxy-write-timeout", "proxy-read-timeout",
         "self-signed-cert-validity", "cipher-suites", "tls-min-version", "tls-max-version",
@@ -495,6 +523,15 @@ def _build(settings: _Settings, warnings: list[str]) -> ServerConfig:
         auto_compaction_retention_seconds=retention_seconds,
         auto_compaction_retention_revisions=retention_revisions,
         log_level=cast(LogLevel, _parse_choice(settings, "log-level", LOG_LEVELS)),
+        log_format=cast(LogFormat, _parse_choice(settings, "log-format", LOG_FORMATS)),
+        log_outputs=_parse_log_outputs(settings),
+        listen_metrics_urls=_parse_urls(
+            settings, "listen-metrics-urls", bind=True, allow_empty=True
+        ),
+        metrics=cast(MetricsLevel, _parse_choice(settings, "metrics", METRICS_LEVELS)),
+        warning_apply_duration_ms=_parse_duration_ms(
+            settings, "experimental-warning-apply-duration"
+        ),
         unsafe_no_fsync=_parse_bool(settings, "unsafe-no-fsync"),
         auth_token=_parse_auth_token(settings),
         auth_token_ttl_s=_parse_int(settings, "auth-token-ttl", minimum=1),
@@ -718,6 +755,23 @@ def parse_duration_seconds(text: str) -> Fraction | None:
     return total if text else None
 
 
+def _parse_duration_ms(settings: _Settings, flag: str) -> int:
+    """A Go duration (``100ms``, ``1s``) as whole milliseconds, at least 1."""
+    text = settings.get(flag).text.strip()
+    seconds = parse_duration_seconds(text)
+    if seconds is None or seconds * 1000 < 1:
+        raise ConfigError(f"{settings.label(flag)}: {_quote(text)} is not a duration like 100ms")
+    return int(seconds * 1000)
+
+
+def _parse_log_outputs(settings: _Settings) -> tuple[str, ...]:
+    outputs = tuple(part.strip() for part in settings.get("log-outputs").text.split(","))
+    outputs = tuple(output for output in outputs if output)
+    if not outputs:
+        raise ConfigError(f"{settings.label('log-outputs')} must name at least one output")
+    return outputs
+
+
 def _parse_retention(settings: _Settings, mode: CompactionMode) -> tuple[int, int]:
     """(seconds, revisions) to retain; the one that does not apply to ``mode`` is 0."""
     label = settings.label("auto-compaction-retention")
@@ -793,6 +847,7 @@ def _check_listeners_distinct(config: ServerConfig) -> None:
         ("--listen-client-urls", config.listen_client_urls),
         ("--listen-client-http-urls", config.listen_client_http_urls),
         ("--listen-peer-urls", config.listen_peer_urls),
+        ("--listen-metrics-urls", config.listen_metrics_urls),
     ]
     for flag, urls in listeners:
         for url in urls:
@@ -862,6 +917,7 @@ def _check_tls(config: ServerConfig, settings: _Settings) -> None:
     client_urls = {
         "--listen-client-urls": config.listen_client_urls,
         "--listen-client-http-urls": config.listen_client_http_urls,
+        "--listen-metrics-urls": config.listen_metrics_urls,
     }
     peer_urls = {
         "--listen-peer-urls": config.listen_peer_urls,

@@ -16,17 +16,18 @@ import contextlib
 import functools
 import logging
 import signal
-import sys
 from typing import TYPE_CHECKING
 
 import grpc
 
-from raftkv.server import tls
+from raftkv.server import metrics, tls
 from raftkv.server.config import ServerConfig, is_tls_url, url_address
+from raftkv.server.logs import configure_logging
 from raftkv.server.node import Node
 
 if TYPE_CHECKING:
     from raftkv.api.gateway import Gateway
+    from raftkv.api.monitoring import MonitoringServer
 
 log = logging.getLogger("raftkv.serve")
 
@@ -44,11 +45,10 @@ EXIT_FATAL = 1
 
 
 def serve(config: ServerConfig) -> int:
-    logging.basicConfig(
-        level=_LOG_LEVELS.get(config.log_level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = _LOG_LEVELS.get(config.log_level, logging.INFO)
+    configure_logging(level, config.log_format, config.log_outputs)
+    if config.metrics == "extensive":
+        metrics.enable_grpc_handling_histogram()
     try:
         import uvloop
     except ImportError:
@@ -98,6 +98,22 @@ async def _start_gateway(config: ServerConfig) -> Gateway:
     )
 
 
+async def _start_monitoring(config: ServerConfig, node: Node) -> MonitoringServer:
+    """/metrics and the health endpoints on --listen-metrics-urls (https: the client TLS)."""
+    from raftkv.api.monitoring import start_monitoring
+
+    addresses: list[tuple[str, int]] = []
+    contexts = {}
+    for url in config.listen_metrics_urls:
+        host, port = url_address(url).rsplit(":", 1)
+        address = (host.strip("[]"), int(port))
+        addresses.append(address)
+        if is_tls_url(url):
+            assert config.client_tls is not None, "config validation"
+            contexts[address] = tls.server_context(config.client_tls)
+    return await start_monitoring(node, addresses, contexts)
+
+
 async def _serve(config: ServerConfig) -> int:
     from raftkv.api.election import add_election_and_lock
     from raftkv.api.server import ApiOptions, start_grpc_server
@@ -121,6 +137,10 @@ async def _serve(config: ServerConfig) -> int:
     gateway = None
     if config.listen_client_http_urls and config.enable_grpc_gateway:
         gateway = await _start_gateway(config)
+    monitoring = None
+    if config.listen_metrics_urls:
+        monitoring = await _start_monitoring(config, node)
+        log.info("serving /metrics on %s", ", ".join(config.listen_metrics_urls))
     log.info(
         "serving gRPC on %s%s",
         ", ".join(config.listen_client_urls),
@@ -135,6 +155,8 @@ async def _serve(config: ServerConfig) -> int:
     await asyncio.wait([stopped, waiter], return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
     log.info("shutting down")
+    if monitoring is not None:
+        await monitoring.close()
     if gateway is not None:
         await gateway.close()
     await grpc_server.stop(grace=1.0)

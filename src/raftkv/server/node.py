@@ -46,7 +46,7 @@ from raftkv.raft import (
 from raftkv.raft.messages import Entry, Snapshot
 from raftkv.raft.quorum import majority_size
 from raftkv.raft.storage import BOOTSTRAP_INDEX, BOOTSTRAP_TERM
-from raftkv.server import errors, tls
+from raftkv.server import errors, logs, metrics, tls
 from raftkv.server.apply import Applier, Response, Result, conf_change_context
 from raftkv.server.auth.context import request_auth
 from raftkv.server.auth.store import AuthStore
@@ -149,6 +149,7 @@ class Node:
         self._inbox: list[Message] = []
         self._unreachable: set[int] = set()
         self._sync_done: asyncio.Future[None] | None = None
+        self._known_leader_id = 0  # for leader-change metrics and the "lost leader" warning
         # Tokens outlive a snapshot install (the auth store is rebuilt, the tokens stay).
         self.auth_tokens = SimpleTokens(config.auth_token_ttl_s)
 
@@ -163,7 +164,11 @@ class Node:
         # loss, and the WAL replay can only repair a backend that is behind, not broken.
         # The meta page is not (a crash may undo the last commit, which the WAL replays);
         # flush() syncs it before the WAL is compacted.
-        self.backend = Backend(os.path.join(self.member_dir, "db"), metasync=False)
+        self.backend = Backend(
+            os.path.join(self.member_dir, "db"),
+            metasync=False,
+            observe_commit_s=metrics.BACKEND_COMMIT_SECONDS.observe,
+        )
         self.member_store = MemberStore(self.backend)
         if existed:
             self.persistence = RaftPersistence.open(disk, self.member_dir)
@@ -195,6 +200,7 @@ class Node:
             loop.create_task(self._housekeeping_loop(), name="housekeeping"),
         ]
         self._wake.set()
+        metrics.bind_member(self.member_id, ETCD_API_VERSION, self._metrics_sample)
         log.info(
             "member %x started (cluster %x, applied %d, data %s)",
             self.member_id,
@@ -353,6 +359,7 @@ class Node:
             await self._stopped.wait()
             return
         self._stopping = True
+        metrics.unbind_member(self._metrics_sample)
         try:
             for task in self._tasks:
                 task.cancel()
@@ -486,6 +493,7 @@ class Node:
         except TimeoutError:
             # Once proposed, a write may still be applied: never claim it was not (a
             # client retries "no leader" answers, which would apply it twice).
+            metrics.PROPOSALS_FAILED.inc()
             raise errors.RequestTimeoutError() from None
         finally:
             self._pending.pop(request_id, None)
@@ -545,6 +553,7 @@ class Node:
         for batch in self._read_batches:
             if batch.read_index == 0 and self.now_tick - batch.issued_tick >= self.election_ticks:
                 batch.issued_tick = self.now_tick
+                metrics.SLOW_READ_INDEXES.inc()
                 self._send_read_index(batch)
 
     def _on_read_states(self, ready: Ready) -> None:
@@ -929,6 +938,7 @@ class Node:
         error: RequestError
         error = errors.NoLeaderError() if self.leader_id == 0 else errors.LeaderChangedError()
         log.debug("proposals dropped: %s", reason)
+        metrics.PROPOSALS_FAILED.inc(len(chunk))
         for data in chunk:
             request_id, _ = decode(data)
             future = self._pending.get(request_id)
@@ -957,15 +967,24 @@ class Node:
         and peer messages, which makes the next Ready's batch. Nothing else touches the WAL
         until it is done: the core waits behind the raft lock, and stop() waits for it."""
         loop = asyncio.get_running_loop()
-        self._sync_done = loop.run_in_executor(None, self.persistence.sync)
+        self._sync_done = loop.run_in_executor(None, self._sync_wal)
         try:
             await asyncio.shield(self._sync_done)
         finally:
             if self._sync_done.done():
                 self._sync_done = None
 
+    def _sync_wal(self) -> None:
+        """The WAL fdatasync (in a thread), measured; etcd warns when one takes over 1 s."""
+        took_s = metrics.timed(metrics.WAL_FSYNC_SECONDS.observe, self.persistence.sync)
+        if took_s > limits.WAL_SLOW_FSYNC_WARN_S:
+            expected = logs.duration_text(limits.WAL_SLOW_FSYNC_WARN_S)
+            took = logs.duration_text(took_s)
+            log.warning("slow fdatasync", extra=logs.fields(took=took, expected_duration=expected))
+
     def _on_soft_state(self, ready: Ready) -> None:
         assert ready.soft_state is not None
+        self._note_leader(ready.soft_state.lead)
         if ready.soft_state.state is not StateType.LEADER and self.lessor.is_primary:
             self.lessor.demote()
             self._pending_revokes.clear()
@@ -976,6 +995,23 @@ class Node:
             ready.soft_state.lead,
             self.rawnode.raft.term,
         )
+
+    def _note_leader(self, leader_id: int) -> None:
+        """Count a new leader as etcd does (a change to a known leader); warn when lost."""
+        previous, self._known_leader_id = self._known_leader_id, leader_id
+        if leader_id == previous:
+            return
+        if leader_id == 0:
+            log.warning(
+                "lost leader",
+                extra=logs.fields(
+                    member_id=f"{self.member_id:x}",
+                    lost_leader_id=f"{previous:x}",
+                    term=self.rawnode.raft.term,
+                ),
+            )
+            return
+        metrics.LEADER_CHANGES.inc()
 
     def _send(self, messages: list[Message]) -> None:
         regular: list[Message] = []
@@ -1047,11 +1083,15 @@ class Node:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(directory, "lock.mdb"))
         _fsync_directory(directory)
-        self.backend = Backend(directory, metasync=False)
+        self.backend = Backend(
+            directory, metasync=False, observe_commit_s=metrics.BACKEND_COMMIT_SECONDS.observe
+        )
         self.member_store = MemberStore(self.backend)
 
     def _apply(self, entries: list[Entry]) -> None:
+        started_s = time.perf_counter()
         results = dict(self.applier.apply(entries, self.now_tick))
+        self._check_apply_duration(time.perf_counter() - started_s, entries)
         raft_applied = self.rawnode.raft.log.applied
         promote = False
         for entry in entries:
@@ -1067,6 +1107,39 @@ class Node:
         if promote and not self.lessor.is_primary:
             self.lessor.promote(self.now_tick)
         self._note_applied_revokes(entries)
+
+    def _check_apply_duration(self, took_s: float, entries: list[Entry]) -> None:
+        """etcd's "apply request took too long": every request of a batch waits for the
+        whole batch, so the batch is what is measured."""
+        expected_ms = self.config.warning_apply_duration_ms
+        if took_s * 1000 <= expected_ms:
+            return
+        metrics.SLOW_APPLY.inc()
+        log.warning(
+            "apply request took too long",
+            extra=logs.fields(
+                took=logs.duration_text(took_s),
+                expected_duration=logs.duration_text(expected_ms / 1000),
+                entries=len(entries),
+                first_index=entries[0].index,
+                last_index=entries[-1].index,
+            ),
+        )
+
+    def _metrics_sample(self) -> metrics.MemberSample:
+        raft = self.rawnode.raft
+        return metrics.MemberSample(
+            leader_id=raft.lead,
+            is_leader=self.is_leader,
+            is_learner=self.is_learner,
+            committed_index=raft.log.committed,
+            applied_index=raft.log.applied,
+            pending_proposals=len(self._pending),
+            db_size_bytes=self.backend.size_bytes(),
+            db_size_in_use_bytes=self.backend.size_in_use_bytes(),
+            quota_bytes=self.quota.quota_bytes,
+            keys=len(self.kv._index),  # index entries; KVStore keeps no live-key count
+        )
 
     def _note_applied_revokes(self, entries: list[Entry]) -> None:
         if not self._pending_revokes:

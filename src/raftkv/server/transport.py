@@ -59,6 +59,7 @@ from urllib.parse import urlsplit
 
 from raftkv import limits
 from raftkv.raft.messages import LOCAL_MESSAGE_TYPES, Message, MessageType
+from raftkv.server import metrics
 from raftkv.server.codec import (
     MessageDecodeError,
     MessageTooLargeError,
@@ -618,6 +619,7 @@ class Transport:
                 async with asyncio.timeout(limits.PEER_IO_TIMEOUT_MS / 1000):
                     await connection.writer.drain()
                 self.stats.sent += len(batch)
+                metrics.PEER_SENT_BYTES.labels(_hex(peer.member_id)).inc(sum(map(len, batch)))
         finally:
             closed_by_peer.cancel()
 
@@ -924,10 +926,12 @@ class Transport:
         if previous is not None:
             previous.close()  # the member reconnected; its old stream is dead or dying
         self._inbound_streams[member_id] = writer
+        received_bytes = metrics.PEER_RECEIVED_BYTES.labels(_hex(member_id))
         try:
             frames = 0
             while True:
                 kind, payload = await read_frame(reader)
+                received_bytes.inc(_FRAME_HEADER.size + len(payload))
                 if kind is not FrameKind.MESSAGE:
                     raise PeerProtocolError(f"unexpected {kind.name} frame on a message stream")
                 msg = _decode(payload)

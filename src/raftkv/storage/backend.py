@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ class Backend:
         map_size_bytes: int = limits.BACKEND_MAP_SIZE_BYTES,
         sync: bool = True,
         metasync: bool | None = None,
+        observe_commit_s: Callable[[float], None] | None = None,
     ) -> None:
         """``sync``: every commit is flushed to disk. ``metasync`` (default: as ``sync``):
         the meta page too. Without it (LMDB's NOMETASYNC) a system crash may undo the
@@ -123,6 +125,7 @@ class Backend:
         self.map_size_bytes = map_size_bytes
         self.sync = sync
         self.metasync = sync if metasync is None else metasync
+        self.observe_commit_s = observe_commit_s  # each commit's duration (metrics)
         os.makedirs(directory, exist_ok=True)
         self.env = self._open()
 
@@ -161,6 +164,7 @@ class Backend:
                     raise DiskError(
                         f"backend {self.directory} batch failed: {batch.failure!r}"
                     ) from batch.failure
+                commit_started_s = time.perf_counter()  # leaving the block commits
         except BaseException as error:
             if batch is not None:
                 batch.finish(committed=False)
@@ -170,6 +174,8 @@ class Backend:
                 raise DiskError(f"backend {self.directory} write failed: {error}") from error
             raise
         assert batch is not None
+        if self.observe_commit_s is not None:
+            self.observe_commit_s(time.perf_counter() - commit_started_s)
         batch.finish(committed=True)
 
     @contextmanager
