@@ -14,12 +14,14 @@ import grpc
 import pytest
 
 from raftkv import limits
+from raftkv.api import authz
 from raftkv.api.election import add_election_and_lock
 from raftkv.api.etcdpb.authpb import auth_pb2
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.api.etcdpb.v3electionpb import v3election_pb2, v3election_pb2_grpc
 from raftkv.api.etcdpb.v3lockpb import v3lock_pb2, v3lock_pb2_grpc
 from raftkv.api.server import ApiOptions, start_grpc_server_bound
+from raftkv.server.auth import errors
 from tests.api.conftest import ApiServer
 from tests.api.helpers import WatchStream, rpc_error, status_of
 from tests.api.local_node import LocalNode
@@ -331,3 +333,36 @@ def test_passwords_are_stored_only_as_salted_hashes(
         assert token.encode() not in data and token.split(".")[0].encode() not in data
     root = api.run(lambda: api.node.auth.user("root"))
     assert root is not None and root.password_hash.startswith(b"$2")
+
+
+class FakeContext:
+    """What authz reads of a gRPC context: the call's metadata."""
+
+    def __init__(self, metadata: Metadata) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> Metadata:
+        return self._metadata
+
+
+def test_a_read_checked_before_an_auth_change_is_refused_after_it(
+    api: AuthApiServer, secured: tuple[Metadata, Metadata]
+) -> None:
+    root, alice = secured
+    read = rpc_pb2.RangeRequest(key=b"/a")
+    write = rpc_pb2.TxnRequest(
+        success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"/p/t", value=b"v"))]
+    )
+    node = api.node
+
+    async def checked(request: object, policy: authz.Policy) -> authz.CallAuth:
+        context: Any = FakeContext(alice)
+        return await authz.begin(node, context, policy, request)
+
+    read_call = api.call(checked(read, authz.Policy.RANGE))
+    write_call = api.call(checked(write, authz.Policy.TXN))
+    api.run(lambda: authz.finish(node, read_call))  # nothing changed: the answer stands
+    api.auth.RoleAdd(rpc_pb2.AuthRoleAddRequest(name="unrelated"), metadata=root)
+    with pytest.raises(errors.AuthOldRevisionError):
+        api.run(lambda: authz.finish(node, read_call))
+    api.run(lambda: authz.finish(node, write_call))  # a write was checked when applied

@@ -128,9 +128,6 @@ _POLICIES: dict[str, Policy] = {
     "Unlock": Policy.USER,
 }
 
-# Policies whose answer was read under the checked permissions (see ``finish``).
-_READ_POLICIES = frozenset({Policy.RANGE, Policy.TXN, Policy.LEASE_KEYS})
-
 
 def policy_of(method_name: str) -> Policy:
     """The policy of an RPC; every servicer method must have one (checked at import)."""
@@ -143,13 +140,14 @@ def policy_of(method_name: str) -> Policy:
 class CallAuth:
     """What ``begin`` checked: the credentials and the auth store state it saw."""
 
-    policy: Policy
     info: AuthInfo
     enabled: bool
     store: AuthStore | None  # None: nothing was checked (auth disabled or an open call)
+    # The call answers what it reads under the checked permissions (see ``finish``).
+    reads: bool = False
 
 
-_UNCHECKED = CallAuth(Policy.OPEN, NO_CREDENTIALS, False, None)
+_UNCHECKED = CallAuth(NO_CREDENTIALS, False, None)
 
 
 async def begin(
@@ -169,13 +167,13 @@ async def begin(
         info = NO_CREDENTIALS  # each request of the stream will be refused on its own
     store = node.auth  # a snapshot may have replaced it while the token was waited for
     request_auth.set(AuthInfo(info.username, info.revision, live) if live else info)
-    _check(node, store, policy, info, request)
-    return CallAuth(policy, info, store.enabled, store)
+    reads = _check(node, store, policy, info, request)
+    return CallAuth(info, store.enabled, store, reads)
 
 
 def finish(node: NodeAPI, call: CallAuth) -> None:
     """After a read: refuse its answer if the auth store changed since ``begin``."""
-    if call.store is None or call.policy not in _READ_POLICIES:
+    if call.store is None or not call.reads:
         return
     store = node.auth
     if store is not call.store or (store.enabled, store.revision) != (
@@ -224,7 +222,9 @@ def _token_of(context: Context) -> str | None:
 
 def _check(
     node: NodeAPI, store: AuthStore, policy: Policy, info: AuthInfo, request: object
-) -> None:
+) -> bool:
+    """Raise the refusal, if any; whether the call is a read answered under the checked
+    permissions (a write is checked again when applied)."""
     match policy:
         case Policy.USER:
             store.check_user(info)
@@ -233,9 +233,10 @@ def _check(
         case Policy.RANGE:
             assert isinstance(request, rpc_pb2.RangeRequest)
             store.check_range(info, request.key, request.range_end)
+            return True
         case Policy.TXN:
             assert isinstance(request, rpc_pb2.TxnRequest)
-            _check_txn(node, store, info, convert.txn_request(request))
+            return _check_txn(node, store, info, convert.txn_request(request))
         case Policy.ALARM:
             assert isinstance(request, rpc_pb2.AlarmRequest)
             if request.action != rpc_pb2.AlarmRequest.GET:
@@ -251,17 +252,20 @@ def _check(
         case Policy.LEASE_KEYS:
             store.check_user(info)
             _check_lease_keys(node, store, info, request)
+            return True
         case Policy.WRITE | Policy.STREAM | Policy.OPEN:
             pass  # writes are checked whole when applied, streams request by request
+    return False
 
 
-def _check_txn(node: NodeAPI, store: AuthStore, info: AuthInfo, txn: TxnRequest) -> None:
+def _check_txn(node: NodeAPI, store: AuthStore, info: AuthInfo, txn: TxnRequest) -> bool:
     """A read-only txn is answered here: check all it reads. A txn that writes is checked
     whole when applied (one forbidden op refuses all of it)."""
     if is_txn_read_only(txn):
         check_op_permitted(store, node.lessor, info, txn)
-    else:
-        store.check_user(info)
+        return True
+    store.check_user(info)
+    return False
 
 
 def _check_lease_keys(node: NodeAPI, store: AuthStore, info: AuthInfo, request: object) -> None:
