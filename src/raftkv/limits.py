@@ -498,6 +498,9 @@ BENCH_ERROR_MESSAGE_MAX_CHARS = 200
 BENCH_LOAD_TXN_OPS = 100
 # Preload Txns in flight at once.
 BENCH_LOAD_CONCURRENCY = 32
+# A preload Txn is tried this often (no leader, timeout) before the load fails.
+BENCH_LOAD_ATTEMPTS = 50
+BENCH_LOAD_RETRY_PAUSE_S = 0.2
 # Keys a workload may preload before it starts (range keys, mixed objects; --compare-scale).
 BENCH_MAX_PRELOAD_KEYS = 10_000_000
 # --compare: a cluster must serve again within this after a full restart.

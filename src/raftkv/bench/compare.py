@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import grpc
+import grpc.aio
 
 from raftkv import limits
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -493,7 +494,7 @@ def _measure(
         result = run_bench(bench_options, progress=log, on_phase=on_phase)
     except BenchSetupError as error:
         measurement.values[flavor].append(math.nan)
-        measurement.notes[flavor].append(f"run failed: {str(error).splitlines()[0]}")
+        measurement.notes[flavor].append(f"run failed: {describe_error(error)}")
         _say(log, options, f"{case.key} on {flavor} failed: {error}")
         return
     value = case.metric(result)
@@ -511,6 +512,16 @@ def _measure(
     measurement.runs[flavor].append(run)
     suffix = f"; {note}" if note else ""
     _say(log, options, f"{case.key} on {flavor}: {value:,.3f} {case.unit}{suffix}")
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for the table: a gRPC error's code and details, else the first line."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    if isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call):
+        return f"{error.code().name}: {error.details()}"
+    lines = str(error).splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _case_row(case: Case, measurement: Measurement) -> Row:
@@ -542,6 +553,7 @@ def _scale_phase(
         "peak_rss_mib_after_load": [math.nan],
         "restart_to_serving_s": math.nan,
         "peak_rss_mib_after_restart": [math.nan],
+        "load_retries": 0,
         "error": "",
     }
     _say(log, options, f"scale: loading {options.scale_keys:,} keys into a fresh {flavor} cluster")
@@ -549,7 +561,9 @@ def _scale_phase(
         with start_cluster(root / "scale", flavor, options) as cluster:
             load_started = time.monotonic()
             key_of = functools.partial(numbered_key, key_bytes=SCALE_KEY_BYTES)
-            preload(cluster.endpoints(), options.scale_keys, key_of, value)
+            figures["load_retries"] = preload(
+                cluster.endpoints(), options.scale_keys, key_of, value
+            )
             figures["load_s"] = time.monotonic() - load_started
             figures["peak_rss_mib_after_load"] = [peak_rss_mib(p) for p in member_pids(cluster)]
             _say(log, options, f"scale: {flavor}: {figures}")
@@ -558,7 +572,7 @@ def _scale_phase(
             figures["peak_rss_mib_after_restart"] = [peak_rss_mib(p) for p in member_pids(cluster)]
             _say(log, options, f"scale: {flavor}: {figures}")
     except (ClusterError, grpc.RpcError, OSError) as error:
-        figures["error"] = str(error).splitlines()[0] if str(error) else type(error).__name__
+        figures["error"] = describe_error(error)
         _say(log, options, f"scale: {flavor} failed: {error}")
     return figures
 
@@ -740,8 +754,8 @@ def details_section(report: CompareReport) -> list[str]:
     for name in ("peak_rss_mib_after_load", "peak_rss_mib_after_restart"):
         cells = [", ".join(f"{v:,.0f}" for v in report.scale[f][name]) for f in FLAVORS]
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
-    for name in ("load_s", "restart_to_serving_s"):
-        cells = [f"{report.scale[f][name]:.2f}" for f in FLAVORS]
+    for name in ("load_s", "load_retries", "restart_to_serving_s"):
+        cells = [f"{report.scale[f][name]:.2f}".removesuffix(".00") for f in FLAVORS]
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     lines.append("")
     return lines

@@ -56,6 +56,7 @@ from raftkv.bench.workloads import (
 
 DEFAULT_TOTAL = 10_000  # etcd's benchmark default, when neither --total nor --duration
 SETUP_TIMEOUT_S = 10.0
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 PROGRESS_BAR_CHARS = 24
 # The operation whose throughput is the workload's headline figure.
 HEADLINE_OP: dict[str, str] = {
@@ -172,19 +173,21 @@ def count_prefix(endpoint: str, prefix: bytes) -> int:
 
 def preload(
     endpoints: Sequence[str], count: int, key_of: Callable[[int], bytes], value: bytes
-) -> None:
+) -> int:
     """Put keys ``key_of(0..count-1)``, ``BENCH_LOAD_TXN_OPS`` per Txn, several Txns in flight
-    over one channel per endpoint."""
+    over one channel per endpoint; returns how many Txns had to be retried."""
     assert 0 <= count <= limits.BENCH_MAX_PRELOAD_KEYS, count
-    asyncio.run(_preload(list(endpoints), count, key_of, value))
+    return asyncio.run(_preload(list(endpoints), count, key_of, value))
 
 
 async def _preload(
     endpoints: list[str], count: int, key_of: Callable[[int], bytes], value: bytes
-) -> None:
+) -> int:
     channels = [grpc.aio.insecure_channel(e, options=CHANNEL_OPTIONS) for e in endpoints]
     stubs = [rpc_pb2_grpc.KVStub(channel) for channel in channels]
     batches = iter(range(0, count, limits.BENCH_LOAD_TXN_OPS))
+
+    retries = [0]
 
     async def loader(number: int) -> None:
         kv = stubs[number % len(stubs)]
@@ -194,10 +197,21 @@ async def _preload(
                 rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key_of(i), value=value))
                 for i in range(start, stop)
             ]
-            await kv.Txn(rpc_pb2.TxnRequest(success=puts), timeout=limits.BENCH_RPC_TIMEOUT_S)
+            request = rpc_pb2.TxnRequest(success=puts)
+            for attempt in range(limits.BENCH_LOAD_ATTEMPTS):
+                try:
+                    await kv.Txn(request, timeout=limits.BENCH_RPC_TIMEOUT_S)
+                    break
+                except grpc.aio.AioRpcError as error:
+                    # The same puts again are harmless: a leader change must not end a load.
+                    if error.code() not in RETRYABLE or attempt + 1 == limits.BENCH_LOAD_ATTEMPTS:
+                        raise
+                    retries[0] += 1
+                    await asyncio.sleep(limits.BENCH_LOAD_RETRY_PAUSE_S)
 
     try:
         await asyncio.gather(*(loader(n) for n in range(limits.BENCH_LOAD_CONCURRENCY)))
+        return retries[0]
     finally:
         await asyncio.gather(*(channel.close(None) for channel in channels))
 
