@@ -239,6 +239,9 @@ SESSION: list[tuple[list[str], str | None]] = [
     (as_alice("del", "/p/1", "--prev-kv"), None),
     (as_alice("txn"), "\nput /p/2 v\nput /secret v\n\n\n"),
     (as_alice("txn"), "\nput /p/2 v\n\n\n"),
+    (as_alice("watch", "/secret"), None),  # the watch is canceled: etcdctl exits
+    (as_alice("lock", "/no-lock"), None),
+    (as_alice("elect", "/no-election", "v"), None),
     (as_alice("member", "add", "m9", "--peer-urls=http://127.0.0.1:9"), None),
     (as_alice("user", "list"), None),
     (as_alice("user", "get", "alice"), None),
