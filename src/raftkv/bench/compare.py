@@ -326,16 +326,19 @@ def peak_rss_mib(pid: int) -> float:
     raise ClusterError(f"no VmHWM in /proc/{pid}/status")
 
 
-def cluster_cpu_s(cluster: ProcessCluster) -> float:
-    """User + system CPU seconds the cluster's running member processes have used."""
-    ticks = 0
-    running = [m.process.pid for m in cluster.members if m.process and m.is_running()]
-    for pid in running:
-        with contextlib.suppress(OSError):
-            # Fields after "(comm)": state is 0, utime 11, stime 12 (proc(5) fields 3, 14, 15).
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+def members_cpu_s(cluster: ProcessCluster) -> list[float]:
+    """User + system CPU seconds each member process has used (0 if it is not running)."""
+    used = []
+    for member in cluster.members:
+        ticks = 0
+        if member.process is not None and member.is_running():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{member.process.pid}/stat").read_text()
+                # After "(comm)": state is 0, utime 11, stime 12 (proc(5) fields 3, 14, 15).
+                fields = stat.rsplit(")", 1)[1].split()
+                ticks = int(fields[11]) + int(fields[12])
+        used.append(ticks / os.sysconf("SC_CLK_TCK"))
+    return used
 
 
 def member_pids(cluster: ProcessCluster) -> list[int]:
@@ -484,11 +487,12 @@ def _measure(
     options: CompareOptions,
 ) -> None:
     bench_options = replace(case.options, endpoints=tuple(clusters[flavor].endpoints()))
-    cpu_s: dict[str, dict[str, float]] = {}
+    cpu_s: dict[str, dict[str, list[float]]] = {}
+    wall_s: dict[str, float] = {}
 
     def on_phase(phase: str) -> None:
-        cpu_s[phase] = {f: cluster_cpu_s(c) for f, c in clusters.items()}
-        cpu_s[phase]["wall"] = time.monotonic()
+        cpu_s[phase] = {f: members_cpu_s(c) for f, c in clusters.items()}
+        wall_s[phase] = time.monotonic()
 
     try:
         result = run_bench(bench_options, progress=log, on_phase=on_phase)
@@ -505,10 +509,17 @@ def _measure(
     run = result.to_dict()
     run.pop("histograms")
     run["flavor"] = flavor
-    # Server CPU while the load ran, in cores: the measured cluster's, and the idle one's
-    # (what it took from the measured run).
-    wall_s = cpu_s["end"]["wall"] - cpu_s["start"]["wall"]
-    run["server_cpu_cores"] = {f: (cpu_s["end"][f] - cpu_s["start"][f]) / wall_s for f in clusters}
+    # Server CPU while the load ran, in cores per member: the measured cluster's, and the
+    # idle one's (what it took from the measured run). A member is one Python process, so
+    # a raftkv member near 1.0 is saturated.
+    window_s = wall_s["end"] - wall_s["start"]
+    run["server_cpu_cores"] = {
+        f: [
+            (end - start) / window_s
+            for start, end in zip(cpu_s["start"][f], cpu_s["end"][f], strict=True)
+        ]
+        for f in clusters
+    }
     measurement.runs[flavor].append(run)
     suffix = f"; {note}" if note else ""
     _say(log, options, f"{case.key} on {flavor}: {value:,.3f} {case.unit}{suffix}")
@@ -724,9 +735,13 @@ def _run_summary(run: dict[str, Any]) -> str:
     parts.append(f"generator CPU {run['generator_cpu_share']:.0%}")
     cores = run.get("server_cpu_cores", {})
     if cores:
-        own = cores.get(run["flavor"], 0.0)
-        other = sum(v for f, v in cores.items() if f != run["flavor"])
-        parts.append(f"server {own:.2f} cores (idle cluster {other:.2f})")
+        members = cores[run["flavor"]]
+        own = sum(members)
+        other = sum(sum(v) for f, v in cores.items() if f != run["flavor"])
+        busiest = max(members)
+        parts.append(
+            f"server {own:.2f} cores (busiest member {busiest:.2f}; idle cluster {other:.2f})"
+        )
         if rate > 0:  # CPU the 3 members spent per operation: the cost that sets throughput
             parts.append(f"{own * 1e6 / rate:,.0f} µs server CPU per {what.rstrip('s')}")
     errors = sum(run["errors"].values())
