@@ -267,10 +267,6 @@ def test_an_unfinished_compaction_is_finished(tmp_path: Path) -> None:
 
 
 def test_what_raftkv_cannot_serve_is_refused(tmp_path: Path) -> None:
-    auth = [(layout.AUTH_ENABLED_KEY, layout.AUTH_ENABLED)]
-    path = etcd_file(tmp_path / "auth.db", {layout.BUCKET_AUTH: auth})
-    with pytest.raises(SnapshotIncompatibleError, match="auth is enabled"):
-        restore_snapshot(options(path, tmp_path / "out"))
     orphan = [put_record(2, b"k", b"v", 2, 1, lease=42)]
     path = etcd_file(tmp_path / "orphan.db", {layout.BUCKET_KEY: orphan})
     with pytest.raises(SnapshotIncompatibleError, match="leases the snapshot does not hold"):

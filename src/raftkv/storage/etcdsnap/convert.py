@@ -3,12 +3,15 @@
 raftkv → etcd (a snapshot): every DB_KEY record becomes a ``key`` record at the same
 (main, sub) revision, tombstones included; the compacted revision becomes
 ``finishedCompactRev`` and ``scheduledCompactRev``; the consistent index and its term go
-to ``meta``; leases, alarms and members to their buckets; ``cluster`` and ``auth`` hold
-what a fresh etcd 3.5 would (version 3.5.0, auth disabled at revision 1). raftkv's current
-revision is not stored: etcd derives it, and so does the way back.
+to ``meta``; leases, alarms and members to their buckets; ``cluster`` holds version 3.5.0.
+The auth tables are etcd's buckets in etcd's encoding and are copied byte for byte (a store
+that never changed lacks the ``auth`` records; it is written as a fresh etcd's: disabled at
+revision 1). raftkv's current revision is not stored: etcd derives it, and so does the way
+back.
 
 etcd → raftkv (a restore): the same in reverse. The current revision is the last ``key``
-record's main revision or the finished compaction, whichever is later (etcd's rule).
+record's main revision or the finished compaction, whichever is later (etcd's rule). Auth
+records are checked (``layout.check_auth_*``) and copied byte for byte.
 """
 
 from __future__ import annotations
@@ -88,13 +91,17 @@ def cluster_to_etcd() -> list[Record]:
     return [(layout.CLUSTER_VERSION_KEY, layout.CLUSTER_VERSION)]
 
 
-def auth_to_etcd() -> list[Record]:
-    return sorted(
-        [
-            (layout.AUTH_ENABLED_KEY, layout.AUTH_DISABLED),
-            (layout.AUTH_REVISION_KEY, layout.encode_u64(layout.AUTH_REVISION)),
-        ]
-    )
+def auth_to_etcd(records: Iterable[Record]) -> list[Record]:
+    """raftkv's ``auth`` table as etcd's bucket: the same records, and a fresh store's
+    (disabled, revision 1) for those never written."""
+    values = {
+        layout.AUTH_ENABLED_KEY: layout.AUTH_DISABLED,
+        layout.AUTH_REVISION_KEY: layout.encode_u64(layout.AUTH_INITIAL_REVISION),
+    }
+    values.update(records)
+    for key, value in values.items():
+        layout.check_auth_meta(key, value)
+    return sorted(values.items())
 
 
 # --- etcd -> raftkv -----------------------------------------------------------------------
@@ -162,7 +169,3 @@ def alarm_from_etcd(key: bytes) -> AlarmMember:
     except ValueError:
         raise SnapshotIncompatibleError(f"alarm bucket: unknown alarm type {alarm_type}") from None
     return AlarmMember(member_id, alarm)
-
-
-def auth_enabled(records: Iterable[Record]) -> bool:
-    return dict(records).get(layout.AUTH_ENABLED_KEY) == layout.AUTH_ENABLED

@@ -16,7 +16,7 @@ class SnapshotHashMismatchError(EtcdSnapshotError):
 
 
 class SnapshotIncompatibleError(EtcdSnapshotError):
-    """The snapshot holds something raftkv cannot serve faithfully (e.g. auth enabled)."""
+    """The snapshot holds something raftkv cannot serve faithfully (e.g. orphan lease keys)."""
 
 
 class RestoreTargetError(EtcdSnapshotError):

@@ -15,7 +15,8 @@ Facts, from etcd's ``server/storage/schema`` and ``server/storage/mvcc`` (3.5):
   (omitted when false), name, clientURLs (omitted when empty)}. ``members_removed``: key as
   ``members``, value ``removed``. ``cluster``: ``clusterVersion`` = e.g. ``3.5.0``.
 - ``auth``: ``authEnabled`` = 0x00 or 0x01, ``authRevision`` = 8-byte big-endian;
-  ``authUsers``, ``authRoles``: authpb protobufs keyed by name.
+  ``authUsers``, ``authRoles``: ``authpb.User`` and ``authpb.Role`` protobufs keyed by
+  name. raftkv's backend keeps the same three tables in the same encoding.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import struct
 
 from google.protobuf.message import DecodeError
 
+from raftkv.api.etcdpb.authpb import auth_pb2
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.api.etcdpb.mvccpb import kv_pb2
 from raftkv.storage.etcdsnap import protowire
@@ -71,8 +73,8 @@ AUTH_ENABLED_KEY = b"authEnabled"
 AUTH_REVISION_KEY = b"authRevision"
 AUTH_DISABLED = b"\x00"
 AUTH_ENABLED = b"\x01"
-# raftkv has no auth; a fresh etcd's auth revision is 1 (api/auth.py reports the same).
-AUTH_REVISION = 1
+# What a store that never changed holds: auth disabled at revision 1 (as a fresh etcd).
+AUTH_INITIAL_REVISION = 1
 MEMBER_REMOVED = b"removed"
 
 _U64 = struct.Struct(">Q")
@@ -233,3 +235,45 @@ def decode_member(key: bytes, value: bytes) -> MemberRecord:
         )
     except (ValueError, AttributeError) as error:
         raise SnapshotFormatError(f"{where}: {error}") from error
+
+
+# --- Auth ---------------------------------------------------------------------------------
+
+
+def check_auth_meta(key: bytes, value: bytes) -> None:
+    """An ``auth`` bucket record: the enabled flag (one byte, 0 or 1) or the revision."""
+    if key == AUTH_ENABLED_KEY:
+        if value not in (AUTH_DISABLED, AUTH_ENABLED):
+            raise SnapshotFormatError(f"auth bucket: authEnabled is {value.hex()}, not 00 or 01")
+    elif key == AUTH_REVISION_KEY:
+        decode_u64(value, "auth bucket: authRevision")
+    else:
+        raise SnapshotFormatError(f"auth bucket: unknown key {key!r}")
+
+
+def check_auth_user(key: bytes, value: bytes) -> None:
+    """An ``authUsers`` record: an ``authpb.User`` named as its key."""
+    user = auth_pb2.User()
+    try:
+        user.ParseFromString(value)
+    except DecodeError as error:
+        raise SnapshotFormatError(f"authUsers bucket: {key!r}: {error}") from error
+    if not key or user.name != key:
+        raise SnapshotFormatError(f"authUsers bucket: {key!r} holds user {user.name!r}")
+
+
+def check_auth_role(key: bytes, value: bytes) -> None:
+    """An ``authRoles`` record: an ``authpb.Role`` named as its key, known permission types."""
+    role = auth_pb2.Role()
+    try:
+        role.ParseFromString(value)
+    except DecodeError as error:
+        raise SnapshotFormatError(f"authRoles bucket: {key!r}: {error}") from error
+    if not key or role.name != key:
+        raise SnapshotFormatError(f"authRoles bucket: {key!r} holds role {role.name!r}")
+    known = set(auth_pb2.Permission.Type.values())
+    for permission in role.keyPermission:
+        if permission.permType not in known:
+            raise SnapshotFormatError(
+                f"authRoles bucket: {key!r} grants unknown permission type {permission.permType}"
+            )

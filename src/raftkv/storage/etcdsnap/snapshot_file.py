@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -22,7 +22,14 @@ from raftkv import limits
 from raftkv.raft.messages import ConfState
 from raftkv.raft.storage import BOOTSTRAP_INDEX, BOOTSTRAP_TERM
 from raftkv.storage.alarm import AlarmStore
-from raftkv.storage.backend import DB_KEY, DB_META, Backend
+from raftkv.storage.backend import (
+    DB_AUTH,
+    DB_AUTH_ROLES,
+    DB_AUTH_USERS,
+    DB_KEY,
+    DB_META,
+    Backend,
+)
 from raftkv.storage.disk import OsDisk
 from raftkv.storage.errors import RequestError
 from raftkv.storage.etcdsnap import convert, layout
@@ -116,18 +123,20 @@ def write_backend_snapshot(backend: Backend, handle: BinaryIO) -> ExportSummary:
     key_stats = _KeyStats()
     buckets = {
         layout.BUCKET_ALARM: convert.alarms_to_etcd(AlarmStore(backend).get()),
-        layout.BUCKET_AUTH: convert.auth_to_etcd(),
-        layout.BUCKET_AUTH_ROLES: [],
-        layout.BUCKET_AUTH_USERS: [],
+        layout.BUCKET_AUTH: convert.auth_to_etcd(_table_records(backend, DB_AUTH)),
         layout.BUCKET_CLUSTER: convert.cluster_to_etcd(),
         layout.BUCKET_LEASE: convert.leases_to_etcd(lease_records),
         layout.BUCKET_MEMBERS: convert.members_to_etcd(MemberStore(backend).all()),
         layout.BUCKET_MEMBERS_REMOVED: [],
         layout.BUCKET_META: convert.meta_to_etcd(consistent, compacted),
     }
+    # Same tables, same encoding: users and roles are copied as they are, streamed.
+    same_tables = {layout.BUCKET_AUTH_USERS: DB_AUTH_USERS, layout.BUCKET_AUTH_ROLES: DB_AUTH_ROLES}
     for name in layout.BUCKETS:
         if name == layout.BUCKET_KEY:
             writer.add_bucket(name, _etcd_key_records(backend, key_stats))
+        elif name in same_tables:
+            writer.add_bucket(name, _table_records(backend, same_tables[name]))
         else:
             writer.add_bucket(name, buckets[name])
     size_bytes = writer.finish()
@@ -147,6 +156,12 @@ def _etcd_key_records(backend: Backend, stats: _KeyStats) -> Iterator[tuple[byte
             stats.records += 1
             stats.last_main = main_of(parse_revision_key(key)[0])
             yield convert.key_record_to_etcd(key, value)
+
+
+def _table_records(backend: Backend, db: bytes) -> Iterator[tuple[bytes, bytes]]:
+    with backend.read() as txn, txn.cursor(db=backend.db(db)) as cursor:
+        for key, value in cursor:
+            yield bytes(key), bytes(value)
 
 
 def _read_meta_revision(backend: Backend, key: bytes, default: int) -> int:
@@ -271,9 +286,10 @@ def snapshot_status(path: str) -> SnapshotStatus:
 
 def restore_snapshot(options: RestoreOptions) -> RestoreSummary:
     """Build a new member's data directory from a snapshot (raftkv's or etcd's), as
-    ``etcdutl snapshot restore`` does: the data, leases, alarms and revisions of the
-    snapshot; the members of ``initial_cluster`` (the snapshot's are dropped); a new
-    cluster id. ``raftkv serve`` with the same name, cluster and token starts from it.
+    ``etcdutl snapshot restore`` does: the data, leases, alarms, auth (users, roles, the
+    enabled flag and the auth revision) and revisions of the snapshot; the members of
+    ``initial_cluster`` (the snapshot's are dropped); a new cluster id. ``raftkv serve``
+    with the same name, cluster and token starts from it.
 
     The directory appears only when complete (it is built beside it and renamed)."""
     own_urls = options.initial_cluster.get(options.name)
@@ -341,14 +357,12 @@ class _Imported:
 
 
 def _import_state(reader: BoltReader, backend: Backend) -> _Imported:
-    """Copy the snapshot's key space, leases, alarms and compaction into ``backend``."""
+    """Copy the snapshot's key space, leases, alarms, auth and compaction into ``backend``."""
     buckets = {entry.key: entry for entry in reader.buckets() if entry.is_bucket}
-    auth = buckets.get(layout.BUCKET_AUTH)
-    if auth is not None and convert.auth_enabled(_records(reader, auth)):
-        raise SnapshotIncompatibleError(
-            f"{reader.name}: auth is enabled in this snapshot and raftkv does not support "
-            "auth yet; disable it (etcdctl auth disable) and take the snapshot again"
-        )
+    for bucket_name, db, check in _AUTH_TABLES:
+        bucket = buckets.get(bucket_name)
+        if bucket is not None:
+            _copy_checked(reader, bucket, backend, db, check)
     meta_bucket = buckets.get(layout.BUCKET_META)
     meta = convert.meta_from_etcd(_records(reader, meta_bucket) if meta_bucket else [])
     key_bucket = buckets.get(layout.BUCKET_KEY)
@@ -384,6 +398,35 @@ def _records(reader: BoltReader, bucket: Entry) -> Iterator[tuple[bytes, bytes]]
                 f"{reader.name}: bucket {bucket.key!r} holds a nested bucket {entry.key!r}"
             )
         yield entry.key, entry.value
+
+
+# etcd's auth buckets and raftkv's tables hold the same records in the same encoding.
+_AUTH_TABLES: tuple[tuple[bytes, bytes, Callable[[bytes, bytes], None]], ...] = (
+    (layout.BUCKET_AUTH, DB_AUTH, layout.check_auth_meta),
+    (layout.BUCKET_AUTH_USERS, DB_AUTH_USERS, layout.check_auth_user),
+    (layout.BUCKET_AUTH_ROLES, DB_AUTH_ROLES, layout.check_auth_role),
+)
+
+
+def _copy_checked(
+    reader: BoltReader,
+    bucket: Entry,
+    backend: Backend,
+    db: bytes,
+    check: Callable[[bytes, bytes], None],
+) -> None:
+    """Copy a bucket's records unchanged into ``db`` once ``check`` accepts each, in
+    bounded batches."""
+    records = _records(reader, bucket)
+    while True:
+        with backend.write() as batch:
+            for count, (key, value) in enumerate(records, start=1):
+                check(key, value)
+                batch.put(db, key, value)
+                if count == limits.ETCD_SNAPSHOT_RESTORE_BATCH_RECORDS:
+                    break
+            else:
+                return
 
 
 def _import_keys(reader: BoltReader, bucket: Entry, backend: Backend) -> tuple[int, int]:
