@@ -20,6 +20,7 @@ Inputs (tuples):
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Hashable, Iterable, Sequence
 from typing import Protocol
 
@@ -213,24 +214,59 @@ def _register_hints(ops: Sequence[Operation]) -> list[str]:
 def _stale_read_witnesses(ops: Sequence[Operation]) -> list[list[Operation]]:
     """[writer(s), overwriter(s), read] for each read of a value every writer of which was
     surely overwritten before the read was called (values are unique per write, so nothing
-    else can explain the read)."""
+    else can explain the read). Near-linear: an overwriter is looked for only among the
+    writes called after the writer returned and before the read was called."""
     writers_of: dict[tuple[Hashable, object], list[Operation]] = {}
+    completed_writes: dict[Hashable, list[Operation]] = {}
     for op in ops:
         for key in _keys_touched(op):
-            for value in _writes_of(op, key):
+            values = _writes_of(op, key)
+            for value in values:
                 writers_of.setdefault((key, value), []).append(op)
+            if values and op.return_ns is not None:
+                completed_writes.setdefault(key, []).append(op)
+    calls_of: dict[Hashable, list[int]] = {}
+    for key, writes in completed_writes.items():
+        writes.sort(key=lambda o: o.call_ns)
+        calls_of[key] = [o.call_ns for o in writes]
     witnesses: list[list[Operation]] = []
     for read in ops:
         for key, value in _reads_of(read):
             writers = [w for w in writers_of.get((key, value), []) if w is not read]
             if value is _ABSENT or not writers:
                 continue
-            later = [_overwriter(w, read, key, value, ops) for w in writers]
+            later = [
+                _overwriter_between(w, read, key, value, completed_writes, calls_of)
+                for w in writers
+            ]
             if all(op is not None for op in later):
                 chosen = {id(op): op for op in [*writers, *later, read] if op is not None}
                 _add_observed_writers(chosen, writers_of)
                 witnesses.append(sorted(chosen.values(), key=lambda o: (o.call_ns, o.op_id)))
     return sorted(witnesses, key=len)
+
+
+def _overwriter_between(
+    writer: Operation,
+    read: Operation,
+    key: Hashable,
+    value: object,
+    completed_writes: dict[Hashable, list[Operation]],
+    calls_of: dict[Hashable, list[int]],
+) -> Operation | None:
+    """A completed write of another value to ``key``, called after ``writer`` returned and
+    returned before ``read`` was called (the same rule as ``_overwriter``)."""
+    if writer.return_ns is None:
+        return None
+    writes = completed_writes.get(key, [])
+    start = bisect.bisect_right(calls_of.get(key, []), writer.return_ns)
+    for op in writes[start:]:
+        if op.call_ns >= read.call_ns:
+            break
+        assert op.return_ns is not None
+        if op.return_ns < read.call_ns and all(v != value for v in _writes_of(op, key)):
+            return op
+    return None
 
 
 def _add_observed_writers(
