@@ -178,6 +178,8 @@ def _no_lost_events(result: BenchResult) -> str:
     extra = result.counters.get("watch_events_extra", 0)
     problems = [f"{lost:,} events lost"] if lost else []
     problems += [f"{extra:,} extra events"] if extra else []
+    out_of_order = result.counters.get("watch_events_out_of_order", 0)
+    problems += [f"{out_of_order:,} events out of order"] if out_of_order else []
     if result.total_errors:
         problems.append(f"{result.total_errors:,} errors")
     return ", ".join(problems)
@@ -756,7 +758,7 @@ def details_section(report: CompareReport) -> list[str]:
     lines = [
         "Per run. Generator CPU: the load processes' CPU time over their wall time (near "
         "100%, the client side may have set the pace). Server: the measured cluster's CPU "
-        "in cores over the run, and the other (idle) cluster's:",
+        "in cores over the run, its busiest member's, and the other (idle) cluster's:",
         "",
         "| Workload | etcd | raftkv |",
         "|---|---|---|",
@@ -792,6 +794,7 @@ def write_chart(report: CompareReport, path: Path) -> None:
     """Horizontal bars of raftkv/etcd per row on a log axis, with each target marked."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     rows = [row for row in report.rows if not math.isnan(row.ratio)]
     height = max(3.0, CHART_ROW_HEIGHT_IN * len(rows) + 1.5)
@@ -815,6 +818,7 @@ def write_chart(report: CompareReport, path: Path) -> None:
     axes.set_yticks(positions, labels, fontsize=8)
     ticks = [t for t in CHART_TICKS if lower_bound(rows) <= t <= upper_bound(rows)]
     axes.set_xticks(ticks, [f"{t:g}×" for t in ticks])
+    axes.xaxis.set_minor_formatter(NullFormatter())  # log minor ticks: marks, no labels
     axes.set_xlim(lower_bound(rows), upper_bound(rows))
     axes.set_xlabel("raftkv / etcd (log scale; dashed: target; green met, red missed, grey none)")
     axes.set_title("raftkv vs etcd, 3 members each, fsync on, same machine, same run")
