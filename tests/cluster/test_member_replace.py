@@ -217,6 +217,11 @@ def test_a_joined_member_restarts_with_its_id_without_asking_the_peers(
     for other in range(len(cluster.members)):
         cluster.start_again(other)
     cluster.wait_for_leader()
-    ok(etcdctl(cluster, "put", "after-restart", "written"))
+    # One member knowing the leader does not mean all do yet: a just-restarted one may still
+    # answer "no leader", which etcdctl does not retry.
+    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+    while (put := etcdctl(cluster, "put", "after-restart", "written")).returncode != 0:
+        assert "no leader" in put.stderr and time.monotonic() < deadline, put.stderr
+        time.sleep(POLL_INTERVAL_S)
     wait_until_served(endpoint, "after-restart", "written")
     assert status(endpoint)["member_id"] == joined_id
