@@ -439,6 +439,19 @@ def _loss_program(sources: Sequence[tuple[ipaddress.IPv4Address, float]]) -> str
 # --- The network --------------------------------------------------------------------
 
 
+def partition_pairs(groups: Sequence[Collection[int]], size: int) -> list[tuple[int, int]]:
+    """The (src, dst) host pairs a partition into ``groups`` cuts, both directions; every
+    one of the ``size`` hosts must be in exactly one group."""
+    group_of: dict[int, int] = {}
+    for group_index, members in enumerate(groups):
+        for host in members:
+            assert host not in group_of, f"host {host} is in two groups"
+            group_of[host] = group_index
+    assert len(group_of) == size, f"hosts in no group: {set(range(size)) - set(group_of)}"
+    hosts = range(size)
+    return [(a, b) for a in hosts for b in hosts if group_of[a] != group_of[b]]
+
+
 class NetnsNetwork:
     """N hosts, each in its own namespace, on one bridge; the runner's (root) namespace
     reaches every host through one veth, so clients in this process connect directly.
@@ -573,17 +586,10 @@ class NetnsNetwork:
 
         Every host must be in exactly one group. Adds to drops already in place.
         """
-        group_of: dict[int, int] = {}
-        for group_index, members in enumerate(groups):
+        for members in groups:
             for host in members:
                 self._check_host(host)
-                assert host not in group_of, f"host {host} is in two groups"
-                group_of[host] = group_index
-        assert len(group_of) == self.size, (
-            f"hosts in no group: {set(range(self.size)) - set(group_of)}"
-        )
-        hosts = range(self.size)
-        self._drop_pairs([(a, b) for a in hosts for b in hosts if group_of[a] != group_of[b]])
+        self._drop_pairs(partition_pairs(groups, self.size))
 
     def drop(self, src: int, dst: int) -> None:
         """Packets from src to dst are dropped (one way; TCP to or from dst then fails too)."""

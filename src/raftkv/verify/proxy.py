@@ -107,6 +107,7 @@ from raftkv.limits import (
     PROXY_WRITE_BUFFER_BYTES,
 )
 from raftkv.server.transport import _HANDSHAKE, MAGIC, PeerProtocolError, decode_handshake
+from raftkv.verify.network import partition_pairs
 
 LOOPBACK = "127.0.0.1"
 SERVER_FROM_HEADER = b"x-server-from"  # etcd rafthttp: the sending member's id, in hex
@@ -402,17 +403,10 @@ class ProxyNetwork:
 
         Every host must be in exactly one group. Adds to drops already in place.
         """
-        group_of: dict[int, int] = {}
-        for group_index, members in enumerate(groups):
+        for members in groups:
             for host in members:
                 self._check_host(host)
-                assert host not in group_of, f"host {host} is in two groups"
-                group_of[host] = group_index
-        assert len(group_of) == self.size, (
-            f"hosts in no group: {set(range(self.size)) - set(group_of)}"
-        )
-        hosts = range(self.size)
-        pairs = [(a, b) for a in hosts for b in hosts if group_of[a] != group_of[b]]
+        pairs = partition_pairs(groups, self.size)
         self._call(lambda: self._add_drops(pairs))
 
     def drop(self, src: int, dst: int) -> None:
