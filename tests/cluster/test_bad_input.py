@@ -989,6 +989,31 @@ def test_invalid_flags_stop_the_member_with_a_message(tmp_path: Path) -> None:
                 process.wait()
 
 
+def test_a_port_in_use_stops_the_member_cleanly(tmp_path: Path) -> None:
+    """The member is up when a later listener (here /metrics) finds its port taken: it
+    stops everything that started and exits 1 with the reason, not with a traceback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = serve_command(
+            tmp_path / "data", ["--listen-metrics-urls", f"http://127.0.0.1:{port}"]
+        )
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            _, stderr = process.communicate(timeout=PROCESS_EXIT_TIMEOUT_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    message = stderr.decode()
+    assert process.returncode == 1, message
+    assert "cannot start" in message and "address already in use" in message, message
+    assert "Traceback" not in message and "AssertionError" not in message, message
+
+
 def test_corrupted_wal_record_stops_the_member_naming_file_and_offset(tmp_path: Path) -> None:
     with RaftkvCluster.start(tmp_path, size=1) as cluster:
         cluster.wait_for_leader()

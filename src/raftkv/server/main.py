@@ -16,7 +16,7 @@ import contextlib
 import functools
 import logging
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
@@ -114,38 +114,69 @@ async def _start_monitoring(config: ServerConfig, node: Node) -> MonitoringServe
     return await start_monitoring(node, addresses, contexts)
 
 
-async def _serve(config: ServerConfig) -> int:
+class _Listener(Protocol):
+    async def close(self) -> None: ...
+
+
+class _GrpcListener:
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    async def close(self) -> None:
+        await self._server.stop(grace=1.0)
+
+
+async def _start_listeners(config: ServerConfig, node: Node, listeners: list[_Listener]) -> None:
+    """gRPC, then the JSON gateway and /metrics; each is added to ``listeners`` once up."""
     from raftkv.api.election import add_election_and_lock
     from raftkv.api.server import ApiOptions, start_grpc_server
 
-    node = Node(config)
-    try:
-        await node.start()
-    except Exception as error:
-        log.critical("cannot start: %s", error)
-        return EXIT_FATAL
     options = ApiOptions(max_request_bytes=config.max_request_bytes, max_txn_ops=config.max_txn_ops)
-    client_addresses = _addresses(config.listen_client_urls)
     extra = functools.partial(add_election_and_lock, node=node)
     grpc_server = await start_grpc_server(
         node,
-        client_addresses,
+        _addresses(config.listen_client_urls),
         options,
         extra_servicers=extra,
         credentials=_grpc_credentials(config),
     )
+    listeners.append(_GrpcListener(grpc_server))
     gateway = None
     if config.listen_client_http_urls and config.enable_grpc_gateway:
         gateway = await _start_gateway(config)
-    monitoring = None
+        listeners.append(gateway)
     if config.listen_metrics_urls:
-        monitoring = await _start_monitoring(config, node)
+        listeners.append(await _start_monitoring(config, node))
         log.info("serving /metrics on %s", ", ".join(config.listen_metrics_urls))
     log.info(
         "serving gRPC on %s%s",
         ", ".join(config.listen_client_urls),
         f", JSON gateway on {', '.join(config.listen_client_http_urls)}" if gateway else "",
     )
+
+
+async def _stop_listeners(listeners: list[_Listener]) -> None:
+    """In the reverse order of their start, so the gRPC server goes last."""
+    for listener in reversed(listeners):
+        await listener.close()
+
+
+async def _serve(config: ServerConfig) -> int:
+    node = Node(config)
+    try:
+        await node.start()
+    except Exception as error:
+        log.critical("cannot start: %s", error)
+        return EXIT_FATAL
+    listeners: list[_Listener] = []
+    try:
+        await _start_listeners(config, node, listeners)
+    except Exception as error:  # a port in use, say: stop what started, then the node
+        log.critical("cannot start: %s", error)
+        await _stop_listeners(listeners)
+        await node.stop()
+        await node.wait_stopped()
+        return EXIT_FATAL
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -155,11 +186,7 @@ async def _serve(config: ServerConfig) -> int:
     await asyncio.wait([stopped, waiter], return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
     log.info("shutting down")
-    if monitoring is not None:
-        await monitoring.close()
-    if gateway is not None:
-        await gateway.close()
-    await grpc_server.stop(grace=1.0)
+    await _stop_listeners(listeners)
     await node.stop()
     fatal = await node.wait_stopped()
     stopped.cancel()

@@ -15,6 +15,7 @@ Usage:
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import shutil
@@ -50,6 +51,10 @@ NAMESPACED_PORTS = (2379, 2380, 2381)  # client, peer, JSON gateway
 # Loopback members' ports: below the ephemeral range, and apart from `raftkv up`'s tests.
 FREE_PORT_RANGE = (10_000, 20_000)
 FREE_PORT_ATTEMPTS = 1000
+# Ports handed out recently by this process are not handed out again: a port picked but
+# not yet bound (a member still starting) looks free to a second probe.
+FREE_PORT_MEMORY = 2000
+_given_ports: collections.deque[int] = collections.deque(maxlen=FREE_PORT_MEMORY)
 
 
 class ClusterError(AssertionError):
@@ -143,24 +148,31 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
 
     They are picked below Linux's ephemeral range (32768 and up), where the kernel takes
     the source ports of outgoing connections: a port picked there can be taken by some
-    client's connection before the member binds it (seen under load).
+    client's connection before the member binds it (seen under load). Other processes
+    picking ports at the same time should use disjoint ranges (``FREE_PORT_RANGE``).
     """
     rng = random.SystemRandom()
+    low, high = FREE_PORT_RANGE
     with ExitStack() as probes:
         ports: list[int] = []
         for _ in range(FREE_PORT_ATTEMPTS):
             if len(ports) == count:
-                return ports
-            port = rng.randrange(*FREE_PORT_RANGE)
+                break
+            port = rng.randrange(low, high)
+            if port in _given_ports:
+                continue
             probe = probes.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             try:
                 probe.bind((host, port))  # held until all are picked, so they differ
             except OSError:
                 continue
             ports.append(port)
-    raise ClusterError(
-        f"no {count} free ports in {FREE_PORT_RANGE} after {FREE_PORT_ATTEMPTS} tries"
-    )
+    if len(ports) < count:
+        raise ClusterError(
+            f"no {count} free ports in {FREE_PORT_RANGE} after {FREE_PORT_ATTEMPTS} tries"
+        )
+    _given_ports.extend(ports)
+    return ports
 
 
 def flag_args(extra_flags: Mapping[str, object]) -> list[str]:
