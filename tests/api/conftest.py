@@ -30,7 +30,39 @@ ETCDCTL_TIMEOUT_S = 20.0
 _T = TypeVar("_T")
 
 
-class ApiServer:
+class Stubs:
+    """The etcd v3 stubs over one channel (``_channel``)."""
+
+    @property
+    def _channel(self) -> grpc.Channel:
+        raise NotImplementedError
+
+    @property
+    def kv(self) -> rpc_pb2_grpc.KVStub:
+        return rpc_pb2_grpc.KVStub(self._channel)
+
+    @property
+    def watch(self) -> rpc_pb2_grpc.WatchStub:
+        return rpc_pb2_grpc.WatchStub(self._channel)
+
+    @property
+    def lease(self) -> rpc_pb2_grpc.LeaseStub:
+        return rpc_pb2_grpc.LeaseStub(self._channel)
+
+    @property
+    def cluster(self) -> rpc_pb2_grpc.ClusterStub:
+        return rpc_pb2_grpc.ClusterStub(self._channel)
+
+    @property
+    def maintenance(self) -> rpc_pb2_grpc.MaintenanceStub:
+        return rpc_pb2_grpc.MaintenanceStub(self._channel)
+
+    @property
+    def auth(self) -> rpc_pb2_grpc.AuthStub:
+        return rpc_pb2_grpc.AuthStub(self._channel)
+
+
+class ApiServer(Stubs):
     """A LocalNode and the gRPC server in front of it, on a private event loop."""
 
     node: LocalNode
@@ -80,35 +112,10 @@ class ApiServer:
 
         return self.call(wrapper())
 
-    # Stubs over one channel.
     @property
     def _channel(self) -> grpc.Channel:
         assert self.channel is not None
         return self.channel
-
-    @property
-    def kv(self) -> rpc_pb2_grpc.KVStub:
-        return rpc_pb2_grpc.KVStub(self._channel)
-
-    @property
-    def watch(self) -> rpc_pb2_grpc.WatchStub:
-        return rpc_pb2_grpc.WatchStub(self._channel)
-
-    @property
-    def lease(self) -> rpc_pb2_grpc.LeaseStub:
-        return rpc_pb2_grpc.LeaseStub(self._channel)
-
-    @property
-    def cluster(self) -> rpc_pb2_grpc.ClusterStub:
-        return rpc_pb2_grpc.ClusterStub(self._channel)
-
-    @property
-    def maintenance(self) -> rpc_pb2_grpc.MaintenanceStub:
-        return rpc_pb2_grpc.MaintenanceStub(self._channel)
-
-    @property
-    def auth(self) -> rpc_pb2_grpc.AuthStub:
-        return rpc_pb2_grpc.AuthStub(self._channel)
 
 
 def start_api(tmp_path: Path, options: ApiOptions | None = None) -> ApiServer:

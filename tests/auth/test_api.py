@@ -22,7 +22,7 @@ from raftkv.api.etcdpb.v3electionpb import v3election_pb2, v3election_pb2_grpc
 from raftkv.api.etcdpb.v3lockpb import v3lock_pb2, v3lock_pb2_grpc
 from raftkv.api.server import ApiOptions, start_grpc_server_bound
 from raftkv.server.auth import errors
-from tests.api.conftest import ApiServer
+from tests.api.conftest import ApiServer, Stubs
 from tests.api.helpers import WatchStream, rpc_error, status_of
 from tests.api.local_node import LocalNode
 
@@ -66,7 +66,7 @@ def token_metadata(token: str) -> Metadata:
     return (("token", token),)
 
 
-def authenticate(api: ApiServer, name: str, password: str) -> Metadata:
+def authenticate(api: Stubs, name: str, password: str) -> Metadata:
     answer = api.auth.Authenticate(
         rpc_pb2.AuthenticateRequest(name=name, password=password), timeout=CALL_TIMEOUT_S
     )
@@ -79,6 +79,10 @@ def prefix_permission(kind: auth_pb2.Permission.Type, prefix: bytes) -> auth_pb2
 
 @pytest.fixture
 def secured(api: AuthApiServer) -> tuple[Metadata, Metadata]:
+    return secure(api)
+
+
+def secure(api: Stubs) -> tuple[Metadata, Metadata]:
     """root, and alice with readwrite on the prefix /p/ and read on /a; a lease of root's
     holding /secret; auth enabled. (root's token, alice's token)"""
     auth = api.auth
@@ -101,7 +105,7 @@ def secured(api: AuthApiServer) -> tuple[Metadata, Metadata]:
 SECRET = b"/secret"
 
 
-def calls(api: AuthApiServer) -> dict[str, Callable[[Metadata], object]]:
+def calls(api: Stubs) -> dict[str, Callable[[Metadata], object]]:
     """One call per RPC that needs credentials, each touching /secret where it can."""
     election = v3election_pb2_grpc.ElectionStub(api._channel)
     lock = v3lock_pb2_grpc.LockStub(api._channel)
@@ -168,7 +172,7 @@ RECIPES = {"Campaign", "Leader", "Lock"}
 
 
 # Calls with no key of their own need only a user (etcd's requireAuthInfo).
-def user_only_calls(api: AuthApiServer) -> dict[str, Callable[[Metadata], object]]:
+def user_only_calls(api: Stubs) -> dict[str, Callable[[Metadata], object]]:
     return {
         "Compact": functools.partial(
             _invoke, api.kv.Compact, rpc_pb2.CompactionRequest(revision=1), False
@@ -186,6 +190,10 @@ def expect(name: str, expected: tuple[grpc.StatusCode, str]) -> tuple[grpc.Statu
 def test_every_rpc_is_refused_without_a_token(
     api: AuthApiServer, secured: tuple[Metadata, Metadata]
 ) -> None:
+    check_refused_without_a_token(api, secured)
+
+
+def check_refused_without_a_token(api: Stubs, secured: tuple[Metadata, Metadata]) -> None:
     for name, call in calls(api).items():
         assert refusal(call, ()) == expect(name, USER_EMPTY), name
     for name, call in user_only_calls(api).items():
@@ -196,6 +204,12 @@ def test_every_rpc_is_refused_without_a_token(
 
 def test_every_rpc_is_refused_to_a_user_lacking_the_permission(
     api: AuthApiServer, secured: tuple[Metadata, Metadata]
+) -> None:
+    check_refused_to_a_user_lacking_the_permission(api, secured)
+
+
+def check_refused_to_a_user_lacking_the_permission(
+    api: Stubs, secured: tuple[Metadata, Metadata]
 ) -> None:
     _, alice = secured
     for name, call in calls(api).items():
@@ -222,6 +236,10 @@ def test_root_may_do_what_alice_may_not(
 def test_alice_may_do_what_her_role_grants(
     api: AuthApiServer, secured: tuple[Metadata, Metadata]
 ) -> None:
+    check_what_a_role_grants(api, secured)
+
+
+def check_what_a_role_grants(api: Stubs, secured: tuple[Metadata, Metadata]) -> None:
     _, alice = secured
     api.kv.Put(rpc_pb2.PutRequest(key=b"/p/1", value=b"v"), metadata=alice)
     got = api.kv.Range(rpc_pb2.RangeRequest(key=b"/p/", range_end=b"/p0"), metadata=alice)
@@ -253,6 +271,10 @@ def test_alice_may_do_what_her_role_grants(
 def test_a_watch_on_a_forbidden_range_is_canceled_and_others_work(
     api: AuthApiServer, secured: tuple[Metadata, Metadata]
 ) -> None:
+    check_watch_on_a_forbidden_range(api, secured)
+
+
+def check_watch_on_a_forbidden_range(api: Stubs, secured: tuple[Metadata, Metadata]) -> None:
     _, alice = secured
     stream = WatchStream(api.watch.Watch, alice)
     try:
