@@ -324,3 +324,23 @@ async def _promote_a_stopped_learner(tmp_path: Path) -> None:
         await _stop_all(nodes)
         if joiner is not None:
             await joiner.stop()
+
+
+@run
+async def test_a_membership_change_sent_the_moment_a_leader_is_elected_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """A new leader refuses conf changes until it commits an entry of its term; the
+    member waits for that instead of answering "unhealthy cluster" (seen in CI)."""
+    urls = _cluster_urls(3)
+    nodes = [Node(_config(tmp_path, name, urls)) for name in urls]
+    try:
+        for node in nodes:
+            await node.start()
+        while not any(node.is_leader for node in nodes):
+            await asyncio.sleep(0)  # as soon as possible: before its first commit
+        leader = _leader(nodes)  # (without the wait, this add failed: checked by reverting)
+        await leader.member_add([f"http://127.0.0.1:{_free_port()}"], is_learner=True)
+        assert len(leader.member_store.all()) == 4
+    finally:
+        await _stop_all(nodes)

@@ -758,6 +758,21 @@ class Node:
         }
         return heard | ({self.member_id} & members)
 
+    async def _wait_leader_settled(self) -> None:
+        """A leader refuses a conf change until it has committed an entry of its term and
+        applied the last conf change in its log; a new leader gets there within a round
+        trip or two. Wait for it (briefly) rather than refuse a client that found the
+        leader a moment after its election; a leader stuck there still refuses."""
+        raft = self.rawnode.raft
+        deadline = time.monotonic() + self.config.election_timeout_ms / 1000
+        while self.is_leader and time.monotonic() < deadline:
+            if (
+                raft.committed_entry_in_current_term()
+                and raft.pending_conf_index <= raft.log.applied
+            ):
+                return
+            await asyncio.sleep(self.config.heartbeat_interval_ms / 1000)
+
     async def _wait_member_applied(self, applied: Callable[[], bool]) -> None:
         """After the leader applied a change for us, wait (briefly) until this member has
         too, so the caller's next MemberList here shows it. The change has succeeded
@@ -802,6 +817,7 @@ class Node:
             )
         await self._check_enough_started(kind, member_id)
         self._check_connected(kind, member_id)
+        await self._wait_leader_settled()
         request_id = self._new_request_id()
         change = ConfChange(kind, member_id, conf_change_context(request_id, record))
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
