@@ -87,6 +87,7 @@ class LocalNode:
         self.alarms = AlarmStore(self.backend)
         self.applier = Applier(self.backend, self.kv, self.lessor, self.alarms, member_id)
         self.auth = self.applier.auth
+        self.client_cert_auth = False  # tests set True to play --client-cert-auth
         self.watch_hub = WatchHub(self.kv)
         self._rng = random.Random(seed)
         self._term = 1

@@ -362,3 +362,45 @@ def test_a_peer_with_a_certificate_of_another_ca_cannot_join(cluster: TlsCluster
         assert "received a snapshot" not in intruder.log()
     finally:
         kill(intruder)
+
+
+CN_USER = "raftkv client"  # the common name of raftkv certs' client certificate
+ROOT_PASSWORD = "tls-root-3d9a"
+
+
+def test_with_client_cert_auth_the_certificate_names_the_user(cluster: TlsCluster) -> None:
+    """etcd's rule: with auth on and --client-cert-auth, a call without a token is the
+    user named by its certificate's CN. The JSON gateway's own loopback certificate
+    never stands for an HTTP client."""
+    tls = good_tls(cluster)
+    as_root = [f"--user=root:{ROOT_PASSWORD}"]
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return etcdctl(cluster, *args, tls=tls)[0]
+
+    for args in (
+        ["user", "add", f"root:{ROOT_PASSWORD}"],
+        ["role", "add", "cn-role"],
+        ["role", "grant-permission", "cn-role", "readwrite", "/cn/", "--prefix"],
+        ["user", "add", CN_USER, "--no-password"],
+        ["user", "grant-role", CN_USER, "cn-role"],
+        ["auth", "enable"],
+    ):
+        done = ctl(*args)
+        assert done.returncode == 0, (args, done.stderr)
+    try:
+        assert ctl("put", "/cn/a", "1").returncode == 0  # no --user: the certificate's CN
+        assert ctl("get", "/cn/a", "--print-value-only").stdout == "1\n"
+        refused = ctl("put", "/elsewhere", "1")
+        assert refused.returncode != 0 and "permission denied" in refused.stderr
+        refused = ctl("user", "list")  # the CN's user is no root
+        assert refused.returncode != 0 and "permission denied" in refused.stderr
+        context = ssl.create_default_context(cafile=str(cluster.certs.ca_cert))
+        context.load_cert_chain(str(cluster.certs.client_cert), str(cluster.certs.client_key))
+        status, body = gateway_request(
+            cluster.members[0], "/v3/kv/range", b'{"key": "L2NuL2E="}', context
+        )
+        assert status == 400 and b"user name is empty" in body, (status, body)
+    finally:
+        disabled = ctl(*as_root, "auth", "disable")
+        assert disabled.returncode == 0, disabled.stderr

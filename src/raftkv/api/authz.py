@@ -6,8 +6,11 @@ is disabled it does nothing. While it is enabled it
 
 * resolves the client's token (gRPC metadata ``token``, or ``authorization`` as etcd
   also accepts; the JSON gateway sends its ``Authorization`` header as ``token``) into
-  an ``AuthInfo``: an unknown or expired token is refused with "invalid auth token", no
-  token at all leaves the call without credentials;
+  an ``AuthInfo``: an unknown or expired token is refused with "invalid auth token". A
+  call without a token is, with --client-cert-auth, the user named by the common name
+  of its verified client certificate, as in etcd; otherwise it has no credentials. The
+  gateway's own calls (marked ``grpcgateway-accept``, etcd's grpc-gateway header) never
+  take a certificate's name: the certificate is the member's, not the HTTP client's;
 * applies the method's policy (``_POLICIES``), etcd's: Status, MemberList and
   Authenticate are open to all; root may do everything; maintenance (except Status and
   listing alarms), membership changes and auth management need root; UserGet and
@@ -54,6 +57,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 # etcd's rpctypes.TokenFieldNameGRPC and TokenFieldNameSwagger.
 TOKEN_METADATA_KEYS = ("token", "authorization")
+# Sent by the JSON gateway on its loopback calls, as etcd's grpc-gateway does.
+GATEWAY_METADATA_KEY = "grpcgateway-accept"
 
 
 class Policy(enum.Enum):
@@ -186,8 +191,10 @@ def finish(node: NodeAPI, call: CallAuth) -> None:
 async def resolve(node: NodeAPI, context: Context) -> AuthInfo:
     """The credentials the call's token stands for (none without a token)."""
     token = _token_of(context)
-    if token is None or not node.auth.enabled:
+    if not node.auth.enabled:
         return NO_CREDENTIALS
+    if token is None:
+        return _certificate_user(node, context)
     username = node.auth.tokens.user_of(token)
     if username is None and node.auth.tokens.may_be_pending(token):
         # Issued through another member, whose Authenticate entry this one has not
@@ -205,12 +212,27 @@ def resolve_now(node: NodeAPI, context: Context) -> AuthInfo:
     """``resolve`` without waiting: for each request of a stream whose token ``begin``
     already resolved (it may have expired or been revoked since)."""
     token = _token_of(context)
-    if token is None or not node.auth.enabled:
+    if not node.auth.enabled:
         return NO_CREDENTIALS
+    if token is None:
+        return _certificate_user(node, context)
     username = node.auth.tokens.user_of(token)
     if username is None:
         raise InvalidAuthTokenError()
     return AuthInfo(username, node.auth.revision)
+
+
+def _certificate_user(node: NodeAPI, context: Context) -> AuthInfo:
+    """etcd's AuthInfoFromTLS: the common name of the client's verified certificate. The
+    user need not exist here: the permission checks refuse an unknown one."""
+    if not node.client_cert_auth:
+        return NO_CREDENTIALS
+    if any(key == GATEWAY_METADATA_KEY for key, _ in context.invocation_metadata() or ()):
+        return NO_CREDENTIALS
+    names = list(context.auth_context().get("x509_common_name") or ())
+    if not names or not names[0]:
+        return NO_CREDENTIALS
+    return AuthInfo(names[0].decode("utf-8", "replace"), node.auth.revision)
 
 
 def _token_of(context: Context) -> str | None:

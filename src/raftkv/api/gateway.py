@@ -41,7 +41,7 @@ import grpc
 from google.protobuf.message import Message
 
 from raftkv import limits
-from raftkv.api import gateway_json
+from raftkv.api import authz, gateway_json
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
 from raftkv.api.gateway_http import Connection, HttpError, Request
 from raftkv.api.gateway_routes import ROUTES, CallKind, Route
@@ -410,12 +410,15 @@ _LOCAL_HANDLERS: dict[str, _LocalHandler] = {
 
 
 def _metadata(request: Request) -> _Metadata:
+    """The token, if any, and the gateway's mark: the member's certificate on this
+    loopback channel must not stand for the HTTP client (``authz``)."""
+    mark = (authz.GATEWAY_METADATA_KEY, "application/json")
     token = request.header("authorization")
     if token is None:
-        return ()
+        return (mark,)
     if not token.isascii() or not token.isprintable():
         raise gateway_json.BodyError("the Authorization header is not printable ASCII")
-    return (("token", token),)
+    return (mark, ("token", token))
 
 
 def _reason_text(error: grpc.aio.AioRpcError) -> str:

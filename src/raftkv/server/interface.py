@@ -71,6 +71,8 @@ class NodeAPI(Protocol):
     # checks permissions against it, ``propose`` carries the request's credentials
     # (``raftkv.server.auth.context``) to the apply step, which checks writes.
     auth: AuthStore
+    # --client-cert-auth: a call without a token is the user its certificate's CN names.
+    client_cert_auth: bool
 
     def header(self, revision: int | None = None) -> Header:
         """A response header; ``revision`` None means the store's current revision."""

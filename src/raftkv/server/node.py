@@ -117,6 +117,7 @@ class Node:
         self.ticks_per_second = max(1, 1000 // config.heartbeat_interval_ms)
         self.election_ticks = max(2, config.election_timeout_ms // config.heartbeat_interval_ms)
         self.request_timeout_s = 5.0 + 2 * config.election_timeout_ms / 1000
+        self.client_cert_auth = config.client_tls is not None and config.client_tls.client_cert_auth
         self.rng = random.Random(os.urandom(16))
         # A founding member's id; start() replaces it with the one kept in the data
         # directory, or learned from the peers when joining (raftkv.server.identity).
