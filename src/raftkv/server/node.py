@@ -106,6 +106,8 @@ class _ReadBatch:
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     issued_tick: int = 0
     read_index: int = 0  # known once the leader answered
+    # Asked and not answered yet; False again if the ask was dropped (no leader).
+    in_flight: bool = False
 
 
 class Node:
@@ -535,8 +537,13 @@ class Node:
             raise self._timeout_error() from None
 
     def _issue_reads(self) -> None:
+        """Ask for the read index of the reads gathered so far, unless an earlier ask is
+        still unanswered: as in etcd's read loop, one ReadIndex (a heartbeat round) is in
+        flight at a time, and the reads arriving meanwhile share the next one. Under load
+        that makes a round per round trip, not one per Ready. A lost ask is asked again
+        after an election timeout (``_retry_stale_reads``), which also frees the next."""
         batch = self._next_read_batch
-        if batch is None:
+        if batch is None or any(issued.in_flight for issued in self._read_batches):
             return
         self._next_read_batch = None
         batch.issued_tick = self.now_tick
@@ -547,7 +554,10 @@ class Node:
         try:
             self.rawnode.read_index(batch.context)
         except ReadIndexDropped as error:
+            batch.in_flight = False  # so the reads after it are not held back
             log.debug("read index dropped (%s); asked again after an election timeout", error)
+        else:
+            batch.in_flight = True
 
     def _retry_stale_reads(self) -> None:
         """ReadIndex requests may be lost (leader change, dropped forward): ask again."""
@@ -562,6 +572,9 @@ class Node:
             for batch in self._read_batches:
                 if batch.context == state.context and batch.read_index == 0:
                     batch.read_index = state.index
+                    batch.in_flight = False
+        if ready.read_states and self._next_read_batch is not None:
+            self._wake.set()  # the reads that waited for this answer go next
         self._serve_reads()
 
     def _serve_reads(self) -> None:
@@ -1002,6 +1015,8 @@ class Node:
     def _on_soft_state(self, ready: Ready) -> None:
         assert ready.soft_state is not None
         self._note_leader(ready.soft_state.lead)
+        for batch in self._read_batches:  # an ask sent to the old leader may be lost:
+            batch.issued_tick = self.now_tick - self.election_ticks  # ask again next tick
         if ready.soft_state.state is not StateType.LEADER and self.lessor.is_primary:
             self.lessor.demote()
             self._pending_revokes.clear()
