@@ -344,3 +344,32 @@ async def test_a_membership_change_sent_the_moment_a_leader_is_elected_waits_for
         assert len(leader.member_store.all()) == 4
     finally:
         await _stop_all(nodes)
+
+
+@run
+async def test_linearizable_reads_keep_one_read_index_in_flight(tmp_path: Path) -> None:
+    """Reads arriving while a ReadIndex ask is unanswered share the next ask (etcd's read
+    loop): never two asks in flight, and many reads per ask under concurrency."""
+    nodes = await _start(tmp_path, 3)
+    try:
+        leader = _leader(nodes)
+        in_flight_at_ask: list[int] = []
+        read_index = leader.rawnode.read_index
+
+        def counting_read_index(context: bytes) -> None:
+            unanswered = [b for b in leader._read_batches if b.read_index == 0]
+            in_flight_at_ask.append(sum(b.context != context for b in unanswered))
+            read_index(context)
+
+        leader.rawnode.read_index = counting_read_index  # type: ignore[method-assign]
+
+        async def reader(pause_s: float) -> None:
+            for _ in range(20):  # staggered: reads keep arriving while an ask is out
+                await asyncio.sleep(pause_s)
+                await leader.read_barrier()
+
+        await asyncio.gather(*(reader(index % 10 / 5000) for index in range(50)))
+        assert in_flight_at_ask and max(in_flight_at_ask) == 0, in_flight_at_ask
+        assert len(in_flight_at_ask) < 1000 / 4, len(in_flight_at_ask)  # shared asks
+    finally:
+        await _stop_all(nodes)
