@@ -359,6 +359,11 @@ SERVER_MAX_INBOX_MESSAGES = 64 * KIB
 # (etcd's HealthInterval): no voter is added while a voter is silent, and none is removed
 # if the connected rest would not be a quorum.
 SERVER_MEMBER_HEALTH_INTERVAL_S = 5.0
+# etcd's --initial-election-tick-advance: a starting member waits up to this long for
+# enough peer connections to win an election, polling at this interval, then advances its
+# election clock so the first election comes a couple of ticks later, not a full timeout.
+SERVER_TICK_ADVANCE_WAIT_S = 5.0
+SERVER_TICK_ADVANCE_POLL_S = 0.05
 # Entries kept in the log after a snapshot, so a slightly lagging follower catches up
 # from the log rather than a snapshot (etcd's SnapshotCatchUpEntries).
 SNAPSHOT_CATCHUP_ENTRIES = 5000

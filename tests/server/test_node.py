@@ -373,3 +373,33 @@ async def test_linearizable_reads_keep_one_read_index_in_flight(tmp_path: Path) 
         assert len(in_flight_at_ask) < 1000 / 4, len(in_flight_at_ask)  # shared asks
     finally:
         await _stop_all(nodes)
+
+
+def _hurried(node: Node, first_term: int) -> bool:
+    """The member's election clock was advanced, or it already campaigned."""
+    raft = node.rawnode.raft
+    return raft.election_elapsed >= node.election_ticks - 2 or raft.term > first_term
+
+
+@pytest.mark.parametrize("advance", [True, False])
+def test_a_starting_member_advances_its_election_clock_once_peers_connect(
+    tmp_path: Path, advance: bool
+) -> None:
+    """etcd's --initial-election-tick-advance: with a 5 s election timeout (50 ticks), a
+    second after start every member is two ticks from campaigning (or has campaigned);
+    with the flag off, none is."""
+
+    async def scenario() -> list[bool]:
+        urls = _cluster_urls(3)
+        flags = {"election_timeout_ms": 5000, "initial_election_tick_advance": advance}
+        nodes = [Node(_config(tmp_path, name, urls, **flags)) for name in urls]
+        try:
+            for node in nodes:
+                await node.start()
+            first_terms = [node.rawnode.raft.term for node in nodes]
+            await asyncio.sleep(1.0)
+            return [_hurried(n, t) for n, t in zip(nodes, first_terms, strict=True)]
+        finally:
+            await _stop_all(nodes)
+
+    assert asyncio.run(scenario()) == [advance] * 3

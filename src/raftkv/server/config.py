@@ -103,6 +103,7 @@ class ServerConfig:
     auth_token_ttl_s: int = limits.AUTH_TOKEN_TTL_DEFAULT_S
     bcrypt_cost: int = limits.AUTH_BCRYPT_COST_DEFAULT
     enable_grpc_gateway: bool = True
+    initial_election_tick_advance: bool = True
     # TLS on the client URLs (gRPC and the JSON gateway) that use https, and on the peer
     # URLs that use https; None without the flags.
     client_tls: TlsFiles | None = None
@@ -228,6 +229,13 @@ _OPTIONS: tuple[_Option, ...] = (
         is_bool=True,
     ),
     _Option("enable-grpc-gateway", "true", "BOOL", "enable the JSON gateway", is_bool=True),
+    _Option(
+        "initial-election-tick-advance",
+        "true",
+        "BOOL",
+        "once enough peers are connected at start, campaign after two ticks, not a timeout",
+        is_bool=True,
+    ),
     _Option("auth-token", "simple", "TYPE", "auth token type: simple (JWT is not supported)"),
     _Option(
         "auth-token-ttl",
@@ -282,7 +290,7 @@ _CONFIG_FILE_FLAG = "config-file"
 _ETCD_SETTINGS_NOT_IMPLEMENTED = frozenset(
     {
         "wal-dir", "max-snapshots", "max-wals", "snapshot-catchup-entries",
-        "initial-election-tick-advance", "backend-batch-interval", "backend-batch-limit",
+        "backend-batch-interval", "backend-batch-limit",
         "backend-bbolt-freelist-type", "max-concurrent-streams", "grpc-keepalive-min-time",
         "grpc-keepalive-interval", "grpc-keepalive-timeout", "socket-reuse-port",
         "socket-reuse-address", "discovery", "discovery-fallback", "discovery-proxy",
@@ -543,6 +551,7 @@ def _build(settings: _Settings, warnings: list[str]) -> ServerConfig:
             why_maximum="bcrypt's largest cost",
         ),
         enable_grpc_gateway=_parse_bool(settings, "enable-grpc-gateway"),
+        initial_election_tick_advance=_parse_bool(settings, "initial-election-tick-advance"),
         client_tls=_parse_tls(settings, ""),
         peer_tls=_parse_tls(settings, "peer-"),
     )

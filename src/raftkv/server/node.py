@@ -201,6 +201,7 @@ class Node:
             loop.create_task(self._ready_loop(), name="ready-loop"),
             loop.create_task(self._tick_loop(), name="tick-loop"),
             loop.create_task(self._housekeeping_loop(), name="housekeeping"),
+            loop.create_task(self._advance_election_ticks(), name="tick-advance"),
         ]
         self._wake.set()
         metrics.bind_member(self.member_id, ETCD_API_VERSION, self._metrics_sample)
@@ -1207,6 +1208,32 @@ class Node:
         log.info("member %x snapshot at index %d", self.member_id, applied)
 
     # -- Time ---------------------------------------------------------------------------
+
+    async def _advance_election_ticks(self) -> None:
+        """etcd's --initial-election-tick-advance. A member that starts with no leader
+        would wait a whole randomized election timeout before its first campaign. Once
+        enough peers are connected to win an election (at once for a lone voter), its
+        election clock is advanced to two ticks short of the timeout. Only the timing
+        changes: pre-vote and the followers' leader lease still keep a live leader from
+        being disturbed."""
+        voters = {m.id for m in self.member_store.all() if not m.is_learner}
+        if self.member_id not in voters:
+            return
+        needed_peers = majority_size(len(voters)) - 1
+        if needed_peers > 0 and not self.config.initial_election_tick_advance:
+            return
+        deadline = time.monotonic() + limits.SERVER_TICK_ADVANCE_WAIT_S
+        while self.transport.connected_peer_count() < needed_peers:
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(limits.SERVER_TICK_ADVANCE_POLL_S)
+        async with self._raft_lock:
+            raft = self.rawnode.raft
+            if raft.state is not StateType.FOLLOWER or raft.lead != 0:
+                return  # an election or a leader came first: nothing to hurry
+            for _ in range(max(0, self.election_ticks - 2)):
+                self.rawnode.tick()
+        self._wake.set()
 
     async def _tick_loop(self) -> None:
         interval_s = self.config.heartbeat_interval_ms / 1000

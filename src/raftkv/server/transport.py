@@ -305,6 +305,7 @@ class _Peer:
         self.snapshot_in_flight = False
         self.requests = _RequestChannel()
         self.last_dial_failure = ""  # since the last connection; "" after one succeeds
+        self.stream_connected = False  # the outbound stream is up (handshake done)
 
     def pick_address(self) -> PeerAddress:
         """The next URL in turn, so a dead one does not block the others."""
@@ -498,6 +499,10 @@ class Transport:
         peer.queue.clear()
         peer.queued_bytes = 0
 
+    def connected_peer_count(self) -> int:
+        """Peers whose outbound message stream is up now (etcd's ActivePeers)."""
+        return sum(peer.stream_connected for peer in self._peers.values())
+
     def peer_ids(self) -> list[int]:
         return sorted(self._peers)
 
@@ -587,6 +592,7 @@ class Transport:
             self._report_failure(peer, problem, first=failures == 0 or cause_changed)
             return failures + 1
         peer.last_dial_failure = ""
+        peer.stream_connected = True
         if failures:
             self.stats.reconnects += 1
             _log.info("connected to member %s again", _hex(peer.member_id))
@@ -595,6 +601,7 @@ class Transport:
         except (*_CONNECTION_ERRORS, PeerProtocolError) as error:
             self._report_failure(peer, f"connection lost: {error!r}", first=True)
         finally:
+            peer.stream_connected = False
             self._close(connection)
         return 1
 
