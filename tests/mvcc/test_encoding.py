@@ -52,4 +52,4 @@ def test_revision_keys_sort_like_revisions(
 def test_key_value_round_trip(kv: KeyValue) -> None:
     data = encode(kv)
     assert decode(data) == kv
-    assert decode_meta(data) == (kv.key, kv.create_revision, kv.version)
+    assert decode_meta(data) == (kv.key, kv.create_revision, kv.version, kv.lease)

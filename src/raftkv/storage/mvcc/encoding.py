@@ -42,11 +42,11 @@ def decode(data: bytes) -> KeyValue:
     return KeyValue(data[HEADER_BYTES:key_end], create, mod, version, data[key_end:], lease)
 
 
-def decode_meta(data: bytes) -> tuple[bytes, int, int]:
-    """(key, create_revision, version) without copying the value (index restore)."""
-    fmt, create, _mod, version, _lease, key_length = _HEADER.unpack_from(data)
+def decode_meta(data: bytes) -> tuple[bytes, int, int, int]:
+    """(key, create_revision, version, lease) without copying the value (index restore)."""
+    fmt, create, _mod, version, lease, key_length = _HEADER.unpack_from(data)
     assert fmt == FORMAT_V1, f"unknown KeyValue format {fmt}"
-    return bytes(data[HEADER_BYTES : HEADER_BYTES + key_length]), create, version
+    return bytes(data[HEADER_BYTES : HEADER_BYTES + key_length]), create, version, lease
 
 
 def encode_tombstone(key: bytes, mod_revision: int) -> bytes:

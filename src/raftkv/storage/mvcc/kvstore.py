@@ -131,6 +131,9 @@ class KVStore:
         self._restore_listeners: list[RestoreListener] = []
         # The open batch's changes, kept only while someone listens.
         self._batch_changes: list[KeyValue] = []
+        # The leased live keys the last restore's scan found, and the revision it found
+        # them at; handed out once by keys_with_leases, then dropped.
+        self._restored_leases: tuple[int, list[tuple[bytes, int]]] = (-1, [])
         self.restore()
 
     @property
@@ -148,11 +151,12 @@ class KVStore:
         backend's contents were replaced by a snapshot)."""
         assert self._open_batch is None, "restore inside a write batch"
         index = Index()
+        leases: dict[bytes, int] = {}
         with self._backend.read() as txn:
             current = _read_revision(txn, self._backend, META_CURRENT_REVISION, INITIAL_REVISION)
             compacted = _read_revision(txn, self._backend, META_COMPACTED_REVISION, NOT_COMPACTED)
             with txn.cursor(db=self._backend.db(DB_KEY)) as cursor:
-                index.restore(_stored_records(cursor))
+                index.restore(_stored_records(cursor, leases))
                 last_key = bytes(cursor.key()) if cursor.last() else None
         last_main = 0 if last_key is None else main_of(parse_revision_key(last_key)[0])
         assert last_main <= current, f"DB_KEY has revision {last_main} past {current}"
@@ -160,6 +164,7 @@ class KVStore:
         self._index = index
         self._current = current
         self._compacted = compacted
+        self._restored_leases = (current, sorted(leases.items()))
         for listener in self._restore_listeners:
             listener()
 
@@ -223,7 +228,12 @@ class KVStore:
 
     def keys_with_leases(self) -> list[tuple[bytes, int]]:
         """Every live key that carries a lease, with the lease, in key order
-        (to rebuild the lessor's attachments after a restart)."""
+        (to rebuild the lessor's attachments after a restart). Right after a restore
+        this is what the restore's scan found; otherwise every live key is read."""
+        restored_at, restored = self._restored_leases
+        self._restored_leases = (-1, [])
+        if restored_at == self._current:  # nothing written since the restore
+            return restored
         found: list[tuple[bytes, int]] = []
         with self._read_view() as view:
             for key, key_index in self._index.items():
@@ -423,11 +433,18 @@ def _read_changes(cursor: lmdb.Cursor, end_revision: int, max_revisions: int) ->
     return changes
 
 
-def _stored_records(cursor: lmdb.Cursor) -> Iterator[tuple[bytes, int, bool, int, int]]:
+def _stored_records(
+    cursor: lmdb.Cursor, leases: dict[bytes, int]
+) -> Iterator[tuple[bytes, int, bool, int, int]]:
     """(key, packed revision, is tombstone, create revision, version) of each
-    DB_KEY record, in revision order."""
+    DB_KEY record, in revision order. ``leases`` ends up holding the lease of every
+    live key that has one: each record replaces what an older one said."""
     for raw_key, value in cursor:
         assert isinstance(raw_key, bytes) and isinstance(value, bytes), "opened without buffers"
         packed, tombstone = parse_revision_key(raw_key)
-        key, created, version = encoding.decode_meta(value)
+        key, created, version, lease = encoding.decode_meta(value)
+        if lease:  # a tombstone carries no lease
+            leases[key] = lease
+        else:
+            leases.pop(key, None)
         yield key, packed, tombstone, created, version
