@@ -64,7 +64,14 @@ async def _start(root: Path, size: int, **extra: object) -> list[Node]:
     nodes = [Node(_config(root, name, urls, **extra)) for name in urls]
     for node in nodes:
         await node.start()
-    await _until(lambda: any(node.is_leader for node in nodes))
+    # Every member knows the leader: a follower that has not heard from it yet refuses
+    # proposals with "no leader", as etcd's does (a CI run hit that window).
+    await _until(
+        lambda: (
+            len({node.leader_id for node in nodes} - {0}) == 1
+            and all(node.leader_id for node in nodes)
+        )
+    )
     return nodes
 
 
