@@ -329,6 +329,9 @@ WATCH_RESPONSE_EVENTS_MAX = 1000
 # revision boundaries (a single larger revision still goes whole), so a catching-up
 # watcher fits gRPC's default 4 MiB receive limit. etcd sends the batch in one response.
 WATCH_RESPONSE_MAX_BYTES = 1 * MIB
+# Watch events converted to protobuf, kept for the other watchers of the same change: the
+# hub makes one event per change for all its watchers, and the API converts it once.
+WATCH_EVENT_CACHE_ENTRIES = 4096
 
 assert API_GRPC_MAX_SEND_MESSAGE_BYTES > MAX_REQUEST_BYTES + API_GRPC_OVERHEAD_BYTES
 assert API_GRPC_MAX_SEND_MESSAGE_BYTES >= SNAPSHOT_CHUNK_BYTES + API_GRPC_OVERHEAD_BYTES

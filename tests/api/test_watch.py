@@ -355,3 +355,24 @@ def test_slow_client_falls_behind_boundedly_and_catches_up(api: ApiServer) -> No
         assert received == revisions
     finally:
         call.cancel()
+
+
+def test_an_event_is_converted_once_for_all_its_watchers() -> None:
+    """The hub makes one event object per change for all watchers; the API's cache hands
+    the same protobuf back for it, a fresh one for an equal but other object, and drops
+    the oldest entries beyond its capacity."""
+    from raftkv.storage.mvcc import KeyValue
+    from raftkv.storage.mvcc.watchable import EventType, WatchEvent
+
+    def event(value: bytes) -> WatchEvent:
+        return WatchEvent(EventType.PUT, KeyValue(b"k", 2, 2, 1, value))
+
+    cache = watch_module._EventCache(capacity=2)
+    first = event(b"a")
+    message = cache.converted(first)
+    assert message.kv.value == b"a" and message.type == kv_pb2.Event.PUT
+    assert cache.converted(first) is message
+    twin = event(b"a")
+    assert cache.converted(twin) is not message and cache.converted(twin) == message
+    cache.converted(event(b"c"))  # a third entry: the first goes
+    assert cache.converted(first) is not message

@@ -41,7 +41,7 @@ from raftkv.api.options import ApiOptions
 from raftkv.server.errors import NoLeaderError
 from raftkv.server.interface import NodeAPI
 from raftkv.storage.errors import CompactedError
-from raftkv.storage.mvcc.watchable import WatchBatch, Watcher, WatchSpec
+from raftkv.storage.mvcc.watchable import WatchBatch, Watcher, WatchEvent, WatchSpec
 
 # etcd's clientv3.InvalidWatchID: a refused create, and a progress response for the stream.
 INVALID_WATCH_ID = -1
@@ -58,6 +58,31 @@ LEADER_CHECK_INTERVAL_S = 1.0
 LEADER_CHECKS_BEFORE_CANCEL = 3
 
 _jitter = random.Random()
+
+
+class _EventCache:
+    """Protobuf events by the hub's event object. The hub makes one ``WatchEvent`` per
+    change for every watcher it matches (``watchable._match``), so with N watchers on a
+    prefix each change is converted once here, not N times. An entry keeps its event
+    alive, so an id is not reused while it is cached; the oldest entries go first."""
+
+    def __init__(self, capacity: int) -> None:
+        assert capacity >= 1
+        self._capacity = capacity
+        self._entries: dict[int, tuple[WatchEvent, kv_pb2.Event]] = {}
+
+    def converted(self, event: WatchEvent) -> kv_pb2.Event:
+        entry = self._entries.get(id(event))
+        if entry is not None and entry[0] is event:
+            return entry[1]
+        message = convert.event(event)
+        if len(self._entries) >= self._capacity:
+            del self._entries[next(iter(self._entries))]  # insertion order: the oldest
+        self._entries[id(event)] = (event, message)
+        return message
+
+
+_events = _EventCache(limits.WATCH_EVENT_CACHE_ENTRIES)
 
 
 class WatchService(rpc_pb2_grpc.WatchServicer):
@@ -188,7 +213,7 @@ class WatchStream:
         """The batch as one response, or split at revision boundaries into responses of
         at most WATCH_RESPONSE_MAX_BYTES (a larger single revision goes alone). Each
         carries the revision through which the watcher has had everything."""
-        events = [convert.event(event) for event in batch.events]
+        events = [_events.converted(event) for event in batch.events]
         whole = rpc_pb2.WatchResponse(
             header=self._header(batch.revision), watch_id=watch_id, events=events
         )
