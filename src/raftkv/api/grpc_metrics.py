@@ -1,7 +1,8 @@
 """gRPC server metrics under go-grpc-prometheus' names, as etcd exports them.
 
-``GrpcMetricsInterceptor`` wraps each method's handler once (then caches it) so every call
-counts: ``grpc_server_started_total`` when it starts, ``grpc_server_handled_total`` with its
+``GrpcMetricsInterceptor`` wraps each method's handler once (then caches it, through
+``request_decoding.WrappingInterceptor``) so every call counts: ``grpc_server_started_total``
+when it starts, ``grpc_server_handled_total`` with its
 final status code (Go's code names: ``OK``, ``Canceled``, ``Unavailable``...) when it ends,
 ``grpc_server_msg_received_total``/``grpc_server_msg_sent_total`` per message, the bytes of
 the messages (``etcd_network_client_grpc_{received,sent}_bytes_total``) and, when
@@ -18,23 +19,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
 
+from raftkv.api.request_decoding import Behavior, Context, Handler, WrappingInterceptor
 from raftkv.server import metrics
-
-Context = grpc.aio.ServicerContext[Any, Any]
-Behavior = Callable[..., Any]
-if TYPE_CHECKING:  # grpc-stubs make these generic; the runtime classes are not
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    Handler = grpc.RpcMethodHandler
-    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 # grpc-go's names for the status codes (what go-grpc-prometheus puts in grpc_code).
 GO_CODE_NAMES = {
@@ -188,26 +181,11 @@ def measure_handler(full_method: str, handler: Handler) -> Handler:
     )
 
 
-class GrpcMetricsInterceptor(_ServerInterceptor):
-    """Applies ``measure_handler`` to every method (once per method, then cached)."""
+class GrpcMetricsInterceptor(WrappingInterceptor):
+    """Applies ``measure_handler`` to every method."""
 
     def __init__(self) -> None:
-        self._measured: dict[str, Handler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        method = handler_call_details.method
-        measured = self._measured.get(method)
-        if measured is None:
-            handler = await continuation(handler_call_details)
-            if handler is None:
-                return handler  # an unknown method: grpc answers UNIMPLEMENTED
-            measured = measure_handler(method, handler)
-            self._measured[method] = measured
-        return measured
+        super().__init__(measure_handler)
 
 
 __all__ = ["GO_CODE_NAMES", "GrpcMetricsInterceptor", "measure_handler", "status_code_of"]

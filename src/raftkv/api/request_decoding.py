@@ -131,11 +131,13 @@ def guard_handler(handler: Handler) -> Handler:
     )
 
 
-class UndecodableRequestInterceptor(_ServerInterceptor):
-    """Applies ``guard_handler`` to every method (once per method, then cached)."""
+class WrappingInterceptor(_ServerInterceptor):
+    """Applies ``wrap(method, handler)`` to every method's handler, once per method, then
+    cached (the base of this module's and ``grpc_metrics``' interceptors)."""
 
-    def __init__(self) -> None:
-        self._guarded: dict[str, Handler] = {}
+    def __init__(self, wrap: Callable[[str, Handler], Handler]) -> None:
+        self._wrap = wrap
+        self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
         self,
@@ -143,11 +145,18 @@ class UndecodableRequestInterceptor(_ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         method = handler_call_details.method
-        guarded = self._guarded.get(method)
-        if guarded is None:
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
             handler = await continuation(handler_call_details)
             if handler is None:
                 return handler  # an unknown method: grpc answers UNIMPLEMENTED
-            guarded = guard_handler(handler)
-            self._guarded[method] = guarded
-        return guarded
+            wrapped = self._wrap(method, handler)
+            self._wrapped[method] = wrapped
+        return wrapped
+
+
+class UndecodableRequestInterceptor(WrappingInterceptor):
+    """Applies ``guard_handler`` to every method."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda _method, handler: guard_handler(handler))
