@@ -64,15 +64,16 @@ async def _start(root: Path, size: int, **extra: object) -> list[Node]:
     nodes = [Node(_config(root, name, urls, **extra)) for name in urls]
     for node in nodes:
         await node.start()
-    # Every member knows the leader: a follower that has not heard from it yet refuses
-    # proposals with "no leader", as etcd's does (a CI run hit that window).
-    await _until(
-        lambda: (
-            len({node.leader_id for node in nodes} - {0}) == 1
-            and all(node.leader_id for node in nodes)
-        )
-    )
+    await _until(lambda: _leader_known(nodes))
     return nodes
+
+
+def _leader_known(nodes: list[Node]) -> bool:
+    """Every member knows the same leader. A follower that has not heard from a new
+    leader yet refuses proposals with "no leader", as etcd's does (CI runs hit that
+    window when tests waited only for some member to be leader)."""
+    leaders = {node.leader_id for node in nodes}
+    return len(leaders) == 1 and 0 not in leaders
 
 
 def _leader(nodes: list[Node]) -> Node:
@@ -170,14 +171,14 @@ async def test_restart_keeps_every_acknowledged_write(tmp_path: Path) -> None:
     nodes = [Node(config) for config in configs]
     for node in nodes:
         await node.start()
-    await _until(lambda: any(node.is_leader for node in nodes))
+    await _until(lambda: _leader_known(nodes))
     await asyncio.gather(*[nodes[i % 3].propose(PutRequest(b"k%d" % i, b"v")) for i in range(50)])
     await _stop_all(nodes)
     nodes = [Node(config) for config in configs]
     for node in nodes:
         await node.start()
     try:
-        await _until(lambda: any(node.is_leader for node in nodes))
+        await _until(lambda: _leader_known(nodes))
         for node in nodes:
             await node.read_barrier()
             assert node.kv.range(RangeRequest(b"k", b"l")).count == 50
@@ -231,7 +232,7 @@ async def test_new_member_catches_up_by_snapshot(tmp_path: Path) -> None:
         removed = _leader(nodes)
         await removed.member_remove(removed.member_id)
         survivors = [node for node in nodes if node is not removed]
-        await _until(lambda: any(node.is_leader for node in survivors))
+        await _until(lambda: _leader_known(survivors))
         await _until(lambda: removed._stopping)
         assert removed.member_id not in {m.id for m in survivors[0].members()}
         await survivors[0].propose(PutRequest(b"after", b"removal"))
