@@ -24,6 +24,7 @@ from raftkv.raft import (
     RaftConfig,
     RawNode,
     ReadIndexDropped,
+    Ready,
     Snapshot,
     SnapshotMetadata,
     StepLocalMessage,
@@ -612,3 +613,31 @@ def test_must_sync() -> None:
     ready = rawnode.ready()
     assert ready.messages and not ready.must_sync
     rawnode.advance(ready)
+
+
+def _persist_and_advance(rawnode: RawNode, storage: MemoryStorage) -> Ready:
+    ready = rawnode.ready()
+    storage.append(ready.entries)
+    if ready.hard_state is not None:
+        storage.set_hard_state(ready.hard_state)
+    rawnode.advance(ready)
+    return ready
+
+
+def test_must_sync_follows_entries_term_and_vote_not_the_commit_index() -> None:
+    storage = MemoryStorage()
+    bootstrap_storage(storage, ConfState(voters=frozenset({1})))
+    rawnode = RawNode(RaftConfig(id=1, rng=random.Random(1)), storage)
+    rawnode.campaign()
+    elected = _persist_and_advance(rawnode, storage)  # new term and vote, the empty entry
+    assert elected.hard_state is not None and elected.must_sync
+    while rawnode.has_ready():
+        _persist_and_advance(rawnode, storage)
+    rawnode.propose(b"x")
+    appended = _persist_and_advance(rawnode, storage)
+    assert appended.entries and appended.must_sync
+    committed = _persist_and_advance(rawnode, storage)  # the leader's own ack commits it
+    assert committed.hard_state is not None
+    assert committed.hard_state.commit == appended.entries[-1].index
+    assert [e.data for e in committed.committed_entries] == [b"x"]
+    assert not committed.entries and not committed.must_sync

@@ -63,11 +63,12 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     persisted_messages: list[Message] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
-
-    @property
-    def must_sync(self) -> bool:
-        """Whether persisting this Ready needs an fsync: new entries, a snapshot, or hard state."""
-        return bool(self.entries) or self.hard_state is not None or self.snapshot is not None
+    # Whether persisting this Ready needs an fsync before its persisted_messages go out:
+    # new entries, a snapshot, or a new term or vote (etcd's MustSync). A hard state that
+    # only moves the commit index is written but not synced: a commit index lost in a
+    # crash is learned again from the leader, and it only names entries that are already
+    # durable on a quorum. The next synced Ready makes it durable too.
+    must_sync: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,15 +179,22 @@ class RawNode:
         raft = self.raft
         soft_state = self._soft_state()
         hard_state = raft.hard_state()
+        previous = self._prev_hard_state
+        entries = raft.log.unstable_entries()
+        snapshot = raft.log.unstable.snapshot
         ready = Ready(
             soft_state=soft_state if soft_state != self._prev_soft_state else None,
-            hard_state=hard_state if hard_state != self._prev_hard_state else None,
-            snapshot=raft.log.unstable.snapshot,
-            entries=raft.log.unstable_entries(),
+            hard_state=hard_state if hard_state != previous else None,
+            snapshot=snapshot,
+            entries=entries,
             committed_entries=raft.log.next_committed_entries(),
             messages=raft.msgs,
             persisted_messages=raft.msgs_after_append,
             read_states=raft.read_states,
+            must_sync=bool(entries)
+            or snapshot is not None
+            or hard_state.term != previous.term
+            or hard_state.vote != previous.vote,
         )
         raft.msgs = []
         raft.msgs_after_append = []

@@ -76,6 +76,7 @@ class SimNode:
         self.rawnode: RawNode | None = None
         self.kv: dict[str, KeyValue] = {}
         self.applied: Index = 0
+        self.saved_commit: Index = 0
         self.conf_state = ConfState()
         self.armed_crash: CrashPoint | None = None
         self.crash_count = 0
@@ -119,7 +120,8 @@ class SimNode:
             max_uncommitted_entries_bytes=self.options.max_uncommitted_entries_bytes,
         )
         self.rawnode = RawNode(config, self.storage)
-        self.checker.on_restart(self.id, self.storage.hard_state.commit)
+        self.saved_commit = self.storage.hard_state.commit  # the last commit written to disk
+        self.checker.on_restart(self.id, self.saved_commit)
 
     def check_recovered_log(self) -> None:
         """Everything the WAL recovered must agree with what the cluster ever persisted."""
@@ -209,14 +211,17 @@ class SimNode:
         if self.armed_crash is CrashPoint.BEFORE_SYNC:
             self.crash()  # the disk may keep a torn prefix of the unsynced write
             return False
+        if ready.hard_state is not None:
+            self.saved_commit = ready.hard_state.commit
         if ready.must_sync:
             self.persistence.sync()
+            # A sync makes every hard state written so far durable, including those of
+            # Readies that only moved the commit index and were not synced themselves.
+            self.checker.on_persist_commit(self.id, self.saved_commit)
         if ready.entries:
             entries = ready.entries
             previous_terms = [self.term_before(ready, e.index) for e in entries]
             self.checker.on_persist(self.id, entries, previous_terms)
-        if ready.hard_state is not None:
-            self.checker.on_persist_commit(self.id, ready.hard_state.commit)
         self.persistence.apply_to_memory(ready)
         return True
 
