@@ -175,6 +175,9 @@ PEER_SEND_QUEUE_MAX_BYTES = 64 * MIB
 # One write to a peer's connection carries at most this many bytes of queued frames (a
 # single larger frame goes alone).
 PEER_SEND_BATCH_MAX_BYTES = 4 * MIB
+# Frames written straight from send() while a stream's socket buffer holds less than this;
+# above it the stream task waits for the buffer to drain (with PEER_IO_TIMEOUT_MS).
+PEER_WRITE_BUFFER_HIGH_BYTES = 1 * MIB
 # Reconnecting to a peer: exponential backoff with jitter between these delays.
 PEER_RECONNECT_BACKOFF_MIN_MS = 50
 PEER_RECONNECT_BACKOFF_MAX_MS = 1000

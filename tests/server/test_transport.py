@@ -181,6 +181,39 @@ def test_three_members_exchange_messages(tmp_path: Path) -> None:
     run(body)
 
 
+def test_messages_are_written_at_send_time_once_the_stream_is_up(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with cluster(tmp_path, 2) as (first, second):
+            await eventually(lambda: first.transport.connected_peer_count() == 1)
+            first.transport.send([heartbeat(1, 2, 1), heartbeat(1, 2, 2)])
+            # Written by send() itself, not left for the stream task to wake up for.
+            assert first.transport.stats.sent == 2
+            await eventually(lambda: len(second.messages) == 2)
+
+    run(body)
+
+
+def test_a_backed_up_stream_keeps_the_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every direct write counts as backed up: the stream task drains, then writes the
+    # frames queued meanwhile, and direct writes resume after it.
+    monkeypatch.setattr(limits, "PEER_WRITE_BUFFER_HIGH_BYTES", -1)
+
+    async def body() -> None:
+        async with cluster(tmp_path, 2) as (first, second):
+            await eventually(lambda: first.transport.connected_peer_count() == 1)
+            for commit in range(1, 501):
+                first.transport.send([heartbeat(1, 2, commit)])
+                if commit % 7 == 0:
+                    await asyncio.sleep(0)
+            await eventually(lambda: len(second.messages) == 500)
+            assert [msg.commit for msg in second.messages] == list(range(1, 501))
+            assert first.transport.stats.sent == 500
+
+    run(body)
+
+
 def test_big_append_near_the_size_limit_arrives_whole(tmp_path: Path) -> None:
     rng = random.Random(5)
     filler = [Entry(5, i, EntryType.NORMAL, rng.randbytes(1000)) for i in range(1, 1000)]

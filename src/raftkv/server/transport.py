@@ -300,7 +300,12 @@ class _Peer:
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.queue_full_logged = False
+        # Set for the stream task to act: queued frames with no stream to write them yet,
+        # or a stream whose socket buffer is backed up (``draining``).
         self.wakeup = asyncio.Event()
+        # The outbound stream while it is up: send() writes to it directly.
+        self.writer: asyncio.StreamWriter | None = None
+        self.draining = False
         self.stream_task: asyncio.Task[None] | None = None
         self.snapshot_in_flight = False
         self.requests = _RequestChannel()
@@ -321,7 +326,6 @@ class _Peer:
             return False
         self.queue.append(frame)
         self.queued_bytes += len(frame)
-        self.wakeup.set()
         return True
 
     def take_batch(self) -> list[bytes]:
@@ -540,7 +544,10 @@ class Transport:
     def send(self, messages: list[Message]) -> None:
         """Queue each message for its destination; never blocks, never raises for I/O.
 
-        SNAP messages go through send_snapshot, local types never leave the node."""
+        SNAP messages go through send_snapshot, local types never leave the node. Each
+        peer's frames are written at once, in one write, when its stream is up and not
+        backed up: waking a task per peer would cost a loop round trip per message."""
+        touched: dict[int, _Peer] = {}
         for msg in messages:
             assert msg.type is not MessageType.SNAP, "a SNAP goes through send_snapshot"
             assert msg.type not in LOCAL_MESSAGE_TYPES, f"{msg.type.name} is local"
@@ -560,6 +567,31 @@ class Transport:
                 if not peer.queue_full_logged:
                     peer.queue_full_logged = True
                     _log.warning("send queue to member %s is full: dropping", _hex(msg.to))
+                continue
+            touched[msg.to] = peer
+        for peer in touched.values():
+            self._flush(peer)
+
+    def _flush(self, peer: _Peer) -> None:
+        """Write the peer's queued frames now, or leave them to its stream task: when the
+        stream is down (it writes them once connected) or backed up (it waits for the
+        socket buffer to drain first, and gives up on the connection after
+        PEER_IO_TIMEOUT_MS)."""
+        writer = peer.writer
+        if writer is None or peer.draining or writer.transport.is_closing():
+            peer.wakeup.set()
+            return
+        while peer.queue:
+            self._write_batch(peer, writer)
+        if writer.transport.get_write_buffer_size() > limits.PEER_WRITE_BUFFER_HIGH_BYTES:
+            peer.draining = True
+            peer.wakeup.set()
+
+    def _write_batch(self, peer: _Peer, writer: asyncio.StreamWriter) -> None:
+        batch = peer.take_batch()
+        writer.write(b"".join(batch))
+        self.stats.sent += len(batch)
+        metrics.PEER_SENT_BYTES.labels(_hex(peer.member_id)).inc(sum(map(len, batch)))
 
     def _start_stream(self, peer: _Peer) -> None:
         assert peer.stream_task is None or peer.stream_task.done()
@@ -606,28 +638,32 @@ class Transport:
         return 1
 
     async def _write_queued_messages(self, peer: _Peer, connection: _Connection) -> None:
+        """Write what was queued while the stream was down, then let send() write
+        directly; wake only to wait out a backed-up socket buffer, or when the peer
+        closes the stream."""
+        writer = connection.writer
         closed_by_peer = asyncio.create_task(_wait_for_end_of_file(connection.reader))
+        peer.writer = writer
         try:
             while True:
-                if not peer.queue:
-                    peer.wakeup.clear()
-                    woken = asyncio.create_task(peer.wakeup.wait())
-                    try:
-                        await asyncio.wait(
-                            (woken, closed_by_peer), return_when=asyncio.FIRST_COMPLETED
-                        )
-                    finally:
-                        woken.cancel()
-                    if closed_by_peer.done():
-                        raise ConnectionResetError("the peer closed the stream")
-                    continue
-                batch = peer.take_batch()
-                connection.writer.write(b"".join(batch))
+                while peer.queue:
+                    self._write_batch(peer, writer)
                 async with asyncio.timeout(limits.PEER_IO_TIMEOUT_MS / 1000):
-                    await connection.writer.drain()
-                self.stats.sent += len(batch)
-                metrics.PEER_SENT_BYTES.labels(_hex(peer.member_id)).inc(sum(map(len, batch)))
+                    await writer.drain()
+                peer.draining = False
+                if peer.queue:
+                    continue  # queued while draining
+                peer.wakeup.clear()
+                woken = asyncio.create_task(peer.wakeup.wait())
+                try:
+                    await asyncio.wait((woken, closed_by_peer), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+                if closed_by_peer.done():
+                    raise ConnectionResetError("the peer closed the stream")
         finally:
+            peer.writer = None
+            peer.draining = False
             closed_by_peer.cancel()
 
     def _backoff_s(self, failures: int) -> float:
