@@ -65,6 +65,11 @@ assert SIM_MAX_NODES >= 1
 
 # LMDB's address-space reservation; the quota below is what is enforced.
 BACKEND_MAP_SIZE_BYTES = 64 * 1024 * MIB
+# A member's write batches go into one open LMDB transaction, committed (and synced) at most
+# this often or after this many batches (etcd's --backend-batch-interval and
+# --backend-batch-limit defaults). What a crash loses of it, the WAL replays.
+BACKEND_BATCH_INTERVAL_MS = 100
+BACKEND_BATCH_LIMIT_WRITES = 10_000
 # etcd's --quota-backend-bytes default (2 GiB).
 BACKEND_QUOTA_BYTES_DEFAULT = 2 * 1024 * MIB
 # etcd's MaxTxnOps default.

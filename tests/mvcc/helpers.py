@@ -27,8 +27,20 @@ MIB = 1024 * 1024
 KNOWN_LEASES = frozenset({7, 8})
 
 
-def open_backend(directory: str, map_size_bytes: int = 64 * MIB) -> Backend:
-    return Backend(directory, map_size_bytes=map_size_bytes, sync=False)
+# Whether open_backend batches commits as a member does (tests/mvcc/conftest.py runs every
+# MVCC test both ways).
+BATCH_COMMITS = {"enabled": False}
+
+
+def open_backend(
+    directory: str, map_size_bytes: int = 64 * MIB, batch_commits: bool | None = None
+) -> Backend:
+    return Backend(
+        directory,
+        map_size_bytes=map_size_bytes,
+        sync=False,
+        batch_commits=BATCH_COMMITS["enabled"] if batch_commits is None else batch_commits,
+    )
 
 
 class KV:

@@ -123,10 +123,12 @@ def outcome(call: Callable[[], Any]) -> Any:
 
 
 class MVCCMachine(RuleBasedStateMachine):
+    batch_commits = False
+
     def __init__(self) -> None:
         super().__init__()
         self.directory = tempfile.mkdtemp(prefix="mvcc-model-")
-        self.kv = KV(open_backend(self.directory))
+        self.kv = KV(open_backend(self.directory, batch_commits=self.batch_commits))
         self.model = Model(KNOWN_LEASES)
 
     def teardown(self) -> None:
@@ -246,3 +248,13 @@ MVCCMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestMVCCAgainstModel = MVCCMachine.TestCase
+
+
+class BatchedMVCCMachine(MVCCMachine):
+    """The same, on a backend that batches commits as a member's does."""
+
+    batch_commits = True
+
+
+BatchedMVCCMachine.TestCase.settings = MVCCMachine.TestCase.settings
+TestBatchedMVCCAgainstModel = BatchedMVCCMachine.TestCase

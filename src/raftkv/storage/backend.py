@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -116,16 +117,32 @@ class Backend:
         sync: bool = True,
         metasync: bool | None = None,
         observe_commit_s: Callable[[float], None] | None = None,
+        batch_commits: bool = False,
     ) -> None:
         """``sync``: every commit is flushed to disk. ``metasync`` (default: as ``sync``):
         the meta page too. Without it (LMDB's NOMETASYNC) a system crash may undo the
         last commit but never corrupts the database; a server whose WAL replays that
-        commit can afford it, and saves one of LMDB's two flushes per commit."""
+        commit can afford it, and saves one of LMDB's two flushes per commit.
+
+        ``batch_commits``: etcd's backend batching, for a member whose WAL replays what a
+        crash loses. Each write batch commits into one open LMDB transaction (as a nested
+        transaction, so a failed batch still undoes only itself); reads see every batch
+        committed so far. The open transaction is committed to disk by ``commit_if_due``
+        (every BACKEND_BATCH_INTERVAL_MS, or after BACKEND_BATCH_LIMIT_WRITES batches),
+        ``flush``, ``copy_to``, ``defragment`` and ``close``. Every LMDB commit is still a
+        synced one, so a power loss can cost the last batches but never corrupt the file.
+        All use must come from one thread (an LMDB write transaction belongs to it)."""
         self.directory = directory
         self.map_size_bytes = map_size_bytes
         self.sync = sync
         self.metasync = sync if metasync is None else metasync
         self.observe_commit_s = observe_commit_s  # each commit's duration (metrics)
+        self.batch_commits = batch_commits
+        self._pending: lmdb.Transaction | None = None  # the open transaction (batching)
+        self._pending_batches = 0
+        self._pending_since_s = 0.0
+        self._pending_thread = 0
+        self._writing: lmdb.Transaction | None = None  # the batch being written (batching)
         os.makedirs(directory, exist_ok=True)
         self.env = self._open()
 
@@ -155,9 +172,11 @@ class Backend:
         After the commit the batch's on_commit callbacks run; if the body raises,
         the batch was failed, or the commit fails, its on_abort callbacks run.
         """
+        assert self._writing is None, "write batches do not nest"
         batch: WriteBatch | None = None
         try:
-            with self.env.begin(write=True) as txn:
+            with self._begin_batch() as txn:
+                self._writing = txn
                 batch = WriteBatch(self, txn)
                 yield batch
                 if batch.failure is not None:
@@ -168,18 +187,68 @@ class Backend:
         except BaseException as error:
             if batch is not None:
                 batch.finish(committed=False)
-            if isinstance(error, lmdb.MapFullError):
-                raise DiskError(f"backend {self.directory} is full: {error}") from error
             if isinstance(error, lmdb.Error):
-                raise DiskError(f"backend {self.directory} write failed: {error}") from error
+                raise _disk_error(self.directory, error) from error
             raise
+        finally:
+            self._writing = None
         assert batch is not None
-        if self.observe_commit_s is not None:
+        if self._pending is not None:
+            self._pending_batches += 1
+            if self._pending_batches >= limits.BACKEND_BATCH_LIMIT_WRITES:
+                self.commit_pending()
+        elif self.observe_commit_s is not None:
             self.observe_commit_s(time.perf_counter() - commit_started_s)
         batch.finish(committed=True)
 
+    def _begin_batch(self) -> lmdb.Transaction:
+        if not self.batch_commits:
+            return self.env.begin(write=True)
+        if self._pending is None:
+            self._pending = self.env.begin(write=True)
+            self._pending_batches = 0
+            self._pending_since_s = time.monotonic()
+            self._pending_thread = threading.get_ident()
+        self._check_thread()
+        return self.env.begin(write=True, parent=self._pending)
+
+    def _check_thread(self) -> None:
+        assert self._pending_thread == threading.get_ident(), (
+            f"backend {self.directory}: its open transaction belongs to another thread"
+        )
+
+    def commit_if_due(self) -> None:
+        """Commit the open transaction once it is BACKEND_BATCH_INTERVAL_MS old."""
+        if self._pending is None:
+            return
+        age_ms = (time.monotonic() - self._pending_since_s) * 1000
+        if age_ms >= limits.BACKEND_BATCH_INTERVAL_MS:
+            self.commit_pending()
+
+    def commit_pending(self) -> None:
+        """Commit (and sync) the batches written since the last commit."""
+        if self._pending is None:
+            return
+        assert self._writing is None, "commit_pending inside a write batch"
+        self._check_thread()
+        pending, self._pending = self._pending, None
+        started_s = time.perf_counter()
+        try:
+            pending.commit()
+        except lmdb.Error as error:
+            raise _disk_error(self.directory, error) from error
+        if self.observe_commit_s is not None:
+            self.observe_commit_s(time.perf_counter() - started_s)
+
     @contextmanager
     def read(self) -> Iterator[lmdb.Transaction]:
+        """A view of every committed batch (with batching, through the open transaction;
+        inside a write batch, through that batch, which is the only one LMDB lets us use)."""
+        open_txn = (self._writing or self._pending) if self.batch_commits else None
+        if open_txn is not None:
+            self._check_thread()
+            yield open_txn
+            return
         with self.env.begin(write=False, buffers=False) as txn:
             yield txn
 
@@ -204,6 +273,7 @@ class Backend:
 
     def defragment(self) -> None:
         """Rewrite the database compactly, reclaiming free pages."""
+        self.commit_pending()
         compact_dir = self.directory.rstrip("/") + ".defrag"
         shutil.rmtree(compact_dir, ignore_errors=True)
         os.makedirs(compact_dir)
@@ -225,6 +295,7 @@ class Backend:
     def flush(self) -> None:
         """Make every committed batch durable (a backend opened with sync=False
         commits without fsync; the WAL is the durable record until a snapshot)."""
+        self.commit_pending()
         try:
             self.env.sync(True)
         except lmdb.Error as error:
@@ -232,8 +303,16 @@ class Backend:
 
     def copy_to(self, path: str) -> None:
         """A consistent, compacted copy of the whole backend (for snapshots)."""
+        self.commit_pending()
         os.makedirs(path, exist_ok=True)
         self.env.copy(path, compact=True)
 
     def close(self) -> None:
+        self.commit_pending()
         self.env.close()
+
+
+def _disk_error(directory: str, error: lmdb.Error) -> DiskError:
+    if isinstance(error, lmdb.MapFullError):
+        return DiskError(f"backend {directory} is full: {error}")
+    return DiskError(f"backend {directory} write failed: {error}")
