@@ -73,7 +73,9 @@ async def _run_slow_member(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         await node.stop()
     assert metrics.WAL_FSYNC_SECONDS.count() - fsyncs >= 3
-    assert metrics.BACKEND_COMMIT_SECONDS.count() - commits >= 3
+    # Backend commits are batched (every BACKEND_BATCH_INTERVAL_MS, and at stop): each one
+    # is measured, however many applies it carries.
+    assert metrics.BACKEND_COMMIT_SECONDS.count() - commits >= 1
     assert metrics.LEADER_CHANGES.value() - leader_changes == 1
     assert metrics.SLOW_APPLY.value() - slow_applies >= 3
 
