@@ -5,7 +5,8 @@ calls with no consensus, no storage and no checks.
 
 Starts three such servers (one process each, as a 3-member cluster has three gRPC front
 ends) and runs ``raftkv bench`` against them with the settings ``raftkv bench --compare``
-uses: put and serializable range at high concurrency, and a single client's put. It prints
+uses: put and serializable range at high concurrency, and a single client's put; then one
+server streams 200,000 WatchResponses (one event each) over 10 watch streams. It prints
 each workload's rate and the servers' CPU per request (user + system, from /proc). Whatever a
 raftkv member adds, consensus, WAL, apply, auth, metrics, comes on top of this, so a rate
 here bounds what any member built on grpcio's asyncio server can serve on this machine.
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,8 @@ from raftkv.verify.cluster import LOOPBACK, free_ports
 SERVERS = 3
 VALUE = b"v" * 256
 START_TIMEOUT_S = 10.0
+WATCH_STREAMS = 10
+WATCH_RESPONSES = 200_000
 _HEADER = rpc_pb2.ResponseHeader(cluster_id=1, member_id=1, revision=1, raft_term=1)
 
 
@@ -62,9 +67,24 @@ class FloorKV(rpc_pb2_grpc.KVServicer):
         return rpc_pb2.CompactionResponse(header=_HEADER)
 
 
+class FloorWatch(rpc_pb2_grpc.WatchServicer):
+    """Each create request asks for ``start_revision`` responses: one event each, at once."""
+
+    async def Watch(
+        self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], context: object
+    ) -> AsyncIterator[rpc_pb2.WatchResponse]:
+        # An async generator, as raftkv's Watch service is.
+        kv = kv_pb2.KeyValue(key=b"k", value=VALUE, create_revision=1, mod_revision=1, version=1)
+        event = kv_pb2.Event(kv=kv)
+        async for request in request_iterator:
+            for number in range(request.create_request.start_revision):
+                yield rpc_pb2.WatchResponse(header=_HEADER, watch_id=number, events=[event])
+
+
 async def serve(port: int) -> None:
     server = grpc.aio.server()
     rpc_pb2_grpc.add_KVServicer_to_server(FloorKV(), server)
+    rpc_pb2_grpc.add_WatchServicer_to_server(FloorWatch(), server)
     server.add_insecure_port(f"{LOOPBACK}:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -74,7 +94,7 @@ async def serve(port: int) -> None:
 class FloorRun:
     name: str
     ops_per_s: float
-    p50_ms: float
+    p50_ms: float  # nan for the watch stream (no request per response)
     server_cores: float
     server_cpu_per_op_us: float
 
@@ -107,7 +127,50 @@ def measure(options: BenchOptions, name: str, pids: list[int]) -> FloorRun:
     )
 
 
-def run(duration_s: float, clients: int, conns: int) -> list[FloorRun]:
+async def _read_watch_streams(endpoint: str, streams: int, responses_each: int) -> int:
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        stub = rpc_pb2_grpc.WatchStub(channel)
+
+        async def one() -> int:
+            create = rpc_pb2.WatchCreateRequest(key=b"k", start_revision=responses_each)
+            requests = asyncio.Queue[rpc_pb2.WatchRequest]()
+            requests.put_nowait(rpc_pb2.WatchRequest(create_request=create))
+
+            async def request_stream() -> AsyncIterator[rpc_pb2.WatchRequest]:
+                yield await requests.get()
+                await asyncio.Event().wait()  # keep the stream open until cancelled
+
+            call = stub.Watch(request_stream())
+            received = 0
+            async for _ in call:
+                received += 1
+                if received == responses_each:
+                    call.cancel()
+                    break
+            return received
+
+        return sum(await asyncio.gather(*(one() for _ in range(streams))))
+
+
+def measure_watch_stream(endpoint: str, pid: int, streams: int, responses: int) -> FloorRun:
+    """One server streams ``responses`` WatchResponses over ``streams`` streams."""
+    before = _cpu_s(pid)
+    started_s = time.monotonic()
+    count = asyncio.run(_read_watch_streams(endpoint, streams, responses // streams))
+    wall_s = time.monotonic() - started_s
+    used_s = _cpu_s(pid) - before
+    return FloorRun(
+        name=f"watch responses streamed, {streams} streams",
+        ops_per_s=count / wall_s,
+        p50_ms=float("nan"),
+        server_cores=used_s / wall_s,
+        server_cpu_per_op_us=used_s / max(count, 1) * 1e6,
+    )
+
+
+def run(
+    duration_s: float, clients: int, conns: int, watch_responses: int = WATCH_RESPONSES
+) -> list[FloorRun]:
     ports = free_ports(SERVERS)
     command = [sys.executable, "-m", "raftkv.bench.grpc_floor", "--serve"]
     servers = [subprocess.Popen([*command, str(port)]) for port in ports]
@@ -152,6 +215,7 @@ def run(duration_s: float, clients: int, conns: int) -> list[FloorRun]:
                 "put, 1 client",
                 pids,
             ),
+            measure_watch_stream(endpoints[0], pids[0], WATCH_STREAMS, watch_responses),
         ]
     finally:
         for server in servers:
@@ -176,7 +240,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for floor in run(args.duration, args.clients, args.conns):
         print(
-            f"| {floor.name} | {floor.ops_per_s:,.0f} | {floor.p50_ms:.2f} | "
+            f"| {floor.name} | {floor.ops_per_s:,.0f} | "
+            f"{'—' if math.isnan(floor.p50_ms) else f'{floor.p50_ms:.2f}'} | "
             f"{floor.server_cores:.2f} | {floor.server_cpu_per_op_us:.0f} µs |"
         )
 
