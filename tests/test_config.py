@@ -58,8 +58,22 @@ def test_defaults_are_etcds() -> None:
     assert config.log_level == "info"
     assert config.unsafe_no_fsync is False
     assert config.enable_grpc_gateway is True
+    assert (config.backend_batch_interval_ms, config.backend_batch_limit) == (100, 10_000)
     # The dataclass's own defaults agree with what an empty command line gives.
     assert config == ServerConfig()
+
+
+def test_backend_batch_flags_as_etcd_reads_them() -> None:
+    config = load_config(["--backend-batch-interval", "20ms", "--backend-batch-limit", "50"], {})
+    assert (config.backend_batch_interval_ms, config.backend_batch_limit) == (20, 50)
+    environ = {"ETCD_BACKEND_BATCH_INTERVAL": "1s", "ETCD_BACKEND_BATCH_LIMIT": "7"}
+    config = load_config([], environ)
+    assert (config.backend_batch_interval_ms, config.backend_batch_limit) == (1000, 7)
+    # etcd's zero values stand for the defaults.
+    config = load_config(["--backend-batch-interval", "0", "--backend-batch-limit", "0"], {})
+    assert (config.backend_batch_interval_ms, config.backend_batch_limit) == (100, 10_000)
+    assert "not a duration" in error_of(["--backend-batch-interval", "soon"])
+    assert "must not be negative" in error_of(["--backend-batch-limit", "-1"])
 
 
 def test_data_dir_and_initial_cluster_follow_the_name() -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from raftkv import limits
 from raftkv.storage.backend import DB_META, Backend
 
 KEY = b"probe"
@@ -63,21 +62,19 @@ def test_a_failed_batch_undoes_only_itself(backend: Backend) -> None:
     backend.close()
 
 
-def test_commit_if_due_waits_for_the_interval(
-    backend: Backend, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(limits, "BACKEND_BATCH_INTERVAL_MS", 60_000)
+def test_commit_if_due_waits_for_the_interval(tmp_path: Path) -> None:
+    backend = Backend(str(tmp_path / "db"), batch_commits=True, batch_interval_ms=60_000)
     put(backend, b"one", 5)
     backend.commit_if_due()
     assert on_disk(backend) is None
-    monkeypatch.setattr(limits, "BACKEND_BATCH_INTERVAL_MS", 0)
+    backend.batch_interval_ms = 0
     backend.commit_if_due()
     assert on_disk(backend) == b"one"
     backend.close()
 
 
-def test_the_batch_limit_commits(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(limits, "BACKEND_BATCH_LIMIT_WRITES", 3)
+def test_the_batch_limit_commits(tmp_path: Path) -> None:
+    backend = Backend(str(tmp_path / "db"), batch_commits=True, batch_limit=3)
     put(backend, b"one", 5)
     put(backend, b"two", 6)
     assert on_disk(backend) is None

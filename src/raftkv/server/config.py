@@ -97,6 +97,10 @@ class ServerConfig:
     listen_metrics_urls: tuple[str, ...] = ()
     metrics: MetricsLevel = "basic"
     warning_apply_duration_ms: int = limits.APPLY_WARN_DURATION_DEFAULT_MS
+    # etcd's --backend-batch-interval and --backend-batch-limit: the member commits its
+    # applied batches to the backend at most this often, or after this many batches.
+    backend_batch_interval_ms: int = limits.BACKEND_BATCH_INTERVAL_MS
+    backend_batch_limit: int = limits.BACKEND_BATCH_LIMIT_WRITES
     unsafe_no_fsync: bool = False
     # Auth: etcd's --auth-token (simple tokens only), --auth-token-ttl, --bcrypt-cost.
     auth_token: str = "simple"
@@ -222,6 +226,19 @@ _OPTIONS: tuple[_Option, ...] = (
         "warn when applying a batch of entries takes longer than this",
     ),
     _Option(
+        "backend-batch-interval",
+        f"{limits.BACKEND_BATCH_INTERVAL_MS}ms",
+        "DURATION",
+        "commit applied writes to the backend at least this often (0: the default); the WAL "
+        "replays what a crash loses",
+    ),
+    _Option(
+        "backend-batch-limit",
+        str(limits.BACKEND_BATCH_LIMIT_WRITES),
+        "N",
+        "or after this many applied batches (0: the default)",
+    ),
+    _Option(
         "unsafe-no-fsync",
         "false",
         "BOOL",
@@ -290,7 +307,6 @@ _CONFIG_FILE_FLAG = "config-file"
 _ETCD_SETTINGS_NOT_IMPLEMENTED = frozenset(
     {
         "wal-dir", "max-snapshots", "max-wals", "snapshot-catchup-entries",
-        "backend-batch-interval", "backend-batch-limit",
         "backend-bbolt-freelist-type", "max-concurrent-streams", "grpc-keepalive-min-time",
         "grpc-keepalive-interval", "grpc-keepalive-timeout", "socket-reuse-port",
         "socket-reuse-address", "discovery", "discovery-fallback", "discovery-proxy",
@@ -540,6 +556,11 @@ def _build(settings: _Settings, warnings: list[str]) -> ServerConfig:
         warning_apply_duration_ms=_parse_duration_ms(
             settings, "experimental-warning-apply-duration"
         ),
+        backend_batch_interval_ms=_parse_duration_ms(
+            settings, "backend-batch-interval", zero_means=limits.BACKEND_BATCH_INTERVAL_MS
+        ),
+        backend_batch_limit=_parse_int(settings, "backend-batch-limit", minimum=0)
+        or limits.BACKEND_BATCH_LIMIT_WRITES,
         unsafe_no_fsync=_parse_bool(settings, "unsafe-no-fsync"),
         auth_token=_parse_auth_token(settings),
         auth_token_ttl_s=_parse_int(settings, "auth-token-ttl", minimum=1),
@@ -764,10 +785,13 @@ def parse_duration_seconds(text: str) -> Fraction | None:
     return total if text else None
 
 
-def _parse_duration_ms(settings: _Settings, flag: str) -> int:
-    """A Go duration (``100ms``, ``1s``) as whole milliseconds, at least 1."""
+def _parse_duration_ms(settings: _Settings, flag: str, zero_means: int | None = None) -> int:
+    """A Go duration (``100ms``, ``1s``) as whole milliseconds, at least 1; with
+    ``zero_means``, a zero duration stands for that default (as etcd reads the flag)."""
     text = settings.get(flag).text.strip()
     seconds = parse_duration_seconds(text)
+    if seconds == 0 and zero_means is not None:
+        return zero_means
     if seconds is None or seconds * 1000 < 1:
         raise ConfigError(f"{settings.label(flag)}: {_quote(text)} is not a duration like 100ms")
     return int(seconds * 1000)

@@ -167,13 +167,15 @@ class Node:
         # loss, and the WAL replay can only repair a backend that is behind, not broken.
         # The meta page is not (a crash may undo the last commit, which the WAL replays);
         # flush() syncs it before the WAL is compacted. Commits are batched as etcd's are
-        # (every BACKEND_BATCH_INTERVAL_MS): the applied batches wait in an open
+        # (--backend-batch-interval, --backend-batch-limit): the applied batches wait in an open
         # transaction that reads see, and a crash loses only what the WAL replays.
         self.backend = Backend(
             os.path.join(self.member_dir, "db"),
             metasync=False,
             observe_commit_s=metrics.BACKEND_COMMIT_SECONDS.observe,
             batch_commits=True,
+            batch_interval_ms=self.config.backend_batch_interval_ms,
+            batch_limit=self.config.backend_batch_limit,
         )
         self.member_store = MemberStore(self.backend)
         if existed:
@@ -1125,6 +1127,8 @@ class Node:
             metasync=False,
             observe_commit_s=metrics.BACKEND_COMMIT_SECONDS.observe,
             batch_commits=True,
+            batch_interval_ms=self.config.backend_batch_interval_ms,
+            batch_limit=self.config.backend_batch_limit,
         )
         self.member_store = MemberStore(self.backend)
 

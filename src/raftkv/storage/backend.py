@@ -118,6 +118,8 @@ class Backend:
         metasync: bool | None = None,
         observe_commit_s: Callable[[float], None] | None = None,
         batch_commits: bool = False,
+        batch_interval_ms: int = limits.BACKEND_BATCH_INTERVAL_MS,
+        batch_limit: int = limits.BACKEND_BATCH_LIMIT_WRITES,
     ) -> None:
         """``sync``: every commit is flushed to disk. ``metasync`` (default: as ``sync``):
         the meta page too. Without it (LMDB's NOMETASYNC) a system crash may undo the
@@ -128,7 +130,7 @@ class Backend:
         crash loses. Each write batch commits into one open LMDB transaction (as a nested
         transaction, so a failed batch still undoes only itself); reads see every batch
         committed so far. The open transaction is committed to disk by ``commit_if_due``
-        (every BACKEND_BATCH_INTERVAL_MS, or after BACKEND_BATCH_LIMIT_WRITES batches),
+        (once ``batch_interval_ms`` old), after ``batch_limit`` batches, and by
         ``flush``, ``copy_to``, ``defragment`` and ``close``. Every LMDB commit is still a
         synced one, so a power loss can cost the last batches but never corrupt the file.
         All use must come from one thread (an LMDB write transaction belongs to it)."""
@@ -138,6 +140,9 @@ class Backend:
         self.metasync = sync if metasync is None else metasync
         self.observe_commit_s = observe_commit_s  # each commit's duration (metrics)
         self.batch_commits = batch_commits
+        assert batch_interval_ms >= 0 and batch_limit >= 1, (batch_interval_ms, batch_limit)
+        self.batch_interval_ms = batch_interval_ms
+        self.batch_limit = batch_limit
         self._pending: lmdb.Transaction | None = None  # the open transaction (batching)
         self._pending_batches = 0
         self._pending_since_s = 0.0
@@ -195,7 +200,7 @@ class Backend:
         assert batch is not None
         if self._pending is not None:
             self._pending_batches += 1
-            if self._pending_batches >= limits.BACKEND_BATCH_LIMIT_WRITES:
+            if self._pending_batches >= self.batch_limit:
                 self.commit_pending()
         elif self.observe_commit_s is not None:
             self.observe_commit_s(time.perf_counter() - commit_started_s)
@@ -218,11 +223,11 @@ class Backend:
         )
 
     def commit_if_due(self) -> None:
-        """Commit the open transaction once it is BACKEND_BATCH_INTERVAL_MS old."""
+        """Commit the open transaction once it is ``batch_interval_ms`` old."""
         if self._pending is None:
             return
         age_ms = (time.monotonic() - self._pending_since_s) * 1000
-        if age_ms >= limits.BACKEND_BATCH_INTERVAL_MS:
+        if age_ms >= self.batch_interval_ms:
             self.commit_pending()
 
     def commit_pending(self) -> None:
