@@ -12,7 +12,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every MVCC test function runs on a backend that commits each batch, and on one that
     batches commits into an open transaction as a member's does (the model-based test
     has a class for each)."""
-    if "backend_commits" in metafunc.fixturenames:
+    opens_its_own = metafunc.module.__name__.endswith("test_backend_batching")
+    if "backend_commits" in metafunc.fixturenames and not opens_its_own:
         modes = ["commit-per-batch", "batched-commits"]
         metafunc.parametrize("backend_commits", modes, indirect=True)
 
