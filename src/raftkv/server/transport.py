@@ -695,15 +695,8 @@ class Transport:
         assert not tls or context is not None, "_parse_urls refuses https without dial_tls"
         try:
             async with asyncio.timeout(limits.PEER_DIAL_TIMEOUT_MS / 1000):
-                reader, writer = await asyncio.open_connection(
-                    host,
-                    port,
-                    limit=limits.PEER_READ_BUFFER_BYTES,
-                    ssl=context,
-                    server_hostname=host if context is not None else None,
-                    ssl_handshake_timeout=(
-                        limits.PEER_DIAL_TIMEOUT_MS / 1000 if context is not None else None
-                    ),
+                reader, writer = await _open_peer_connection(
+                    host, port, context, tls_handshake_timeout_s=limits.PEER_DIAL_TIMEOUT_MS / 1000
                 )
         except ssl.SSLError as error:
             raise PeerProtocolError(
@@ -1138,6 +1131,24 @@ class Transport:
             slots.release()
 
 
+async def _open_peer_connection(
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    tls_handshake_timeout_s: float | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP (or, with ``context``, TLS) connection to a peer's listener; the caller bounds
+    the whole of it with its own timeout."""
+    return await asyncio.open_connection(
+        host,
+        port,
+        limit=limits.PEER_READ_BUFFER_BYTES,
+        ssl=context,
+        server_hostname=host if context is not None else None,
+        ssl_handshake_timeout=tls_handshake_timeout_s if context is not None else None,
+    )
+
+
 async def request_at(
     url: str, payload: bytes, *, timeout_s: float, dial_tls: ssl.SSLContext | None
 ) -> bytes:
@@ -1157,13 +1168,7 @@ async def request_at(
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(
-                host,
-                port,
-                limit=limits.PEER_READ_BUFFER_BYTES,
-                ssl=context,
-                server_hostname=host if context is not None else None,
-            )
+            reader, writer = await _open_peer_connection(host, port, context)
             writer.write(encode_handshake(0, 0, ConnectionKind.REQUEST))
             writer.write(encode_frame(FrameKind.REQUEST, _U64.pack(1) + payload))
             await writer.drain()
