@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -43,11 +42,17 @@ from google.protobuf.message import Message
 from raftkv import limits
 from raftkv.api import authz, gateway_json
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2
-from raftkv.api.gateway_http import Connection, HttpError, Request
+from raftkv.api.gateway_http import (
+    TEXT_HEADERS,
+    Connection,
+    HttpListeners,
+    ListenerBounds,
+    Request,
+)
 from raftkv.api.gateway_routes import ROUTES, CallKind, Route
 from raftkv.server import metrics
 from raftkv.server.interface import ETCD_API_VERSION
-from raftkv.server.tls import TlsFiles, TlsServer, read_pem, start_tls_server
+from raftkv.server.tls import TlsFiles, read_pem
 
 # The etcd versions /version reports: the API raftkv speaks (raftkv.server.interface
 # NodeStatus.version says the same through Status).
@@ -57,7 +62,7 @@ ETCD_CLUSTER_VERSION = ETCD_API_VERSION
 # The end of a response stream (grpc-stubs does not declare it).
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]
 _JSON = [("Content-Type", "application/json")]
-_TEXT = [("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff")]
+_TEXT = TEXT_HEADERS
 _Metadata = tuple[tuple[str, str], ...]
 PLAINTEXT_ON_TLS_REPLY = (
     b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
@@ -76,9 +81,7 @@ class Gateway:
     def __init__(self, channel: grpc.aio.Channel, max_body_bytes: int) -> None:
         self._channel = channel
         self._max_body_bytes = max_body_bytes
-        self._servers: list[asyncio.Server | TlsServer] = []
-        self._connections: set[asyncio.Task[Any]] = set()
-        self._closing = False
+        self._listeners = HttpListeners(self._handle, self._bounds)
         self._unary = {
             path: channel.unary_unary(
                 route.grpc_method,
@@ -89,91 +92,28 @@ class Gateway:
             if route.kind is CallKind.UNARY
         }
 
+    def _bounds(self) -> ListenerBounds:
+        return ListenerBounds(
+            what="JSON gateway",
+            max_connections=limits.GATEWAY_MAX_CONNECTIONS,
+            max_header_bytes=limits.GATEWAY_MAX_HEADER_BYTES,
+            max_body_bytes=self._max_body_bytes,
+            read_timeout_seconds=limits.GATEWAY_READ_TIMEOUT_SECONDS,
+            idle_timeout_seconds=limits.GATEWAY_IDLE_TIMEOUT_SECONDS,
+            plaintext_on_tls_reply=PLAINTEXT_ON_TLS_REPLY,
+        )
+
     @property
     def ports(self) -> list[int]:
         """The bound port of each listening socket, in listen_addresses order."""
-        return [
-            server_socket.getsockname()[1]
-            for server in self._servers
-            for server_socket in server.sockets
-        ]
+        return self._listeners.ports
 
     async def close(self) -> None:
         """Stop listening, end every connection (canceling their calls), close gRPC."""
-        self._closing = True
-        for server in self._servers:
-            server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        for server in self._servers:
-            await server.wait_closed()
+        await self._listeners.close()
         await self._channel.close(grace=None)
 
     # --- Connections -------------------------------------------------------------------
-
-    async def _listen(self, host: str, port: int, tls: ssl.SSLContext | None) -> None:
-        server: asyncio.Server | TlsServer
-        if tls is not None:
-            server = await start_tls_server(
-                self._accept,
-                host,
-                port,
-                tls,
-                what="JSON gateway",
-                plaintext_reply=PLAINTEXT_ON_TLS_REPLY,
-                read_limit_bytes=limits.GATEWAY_MAX_HEADER_BYTES,
-            )
-        else:
-            server = await asyncio.start_server(
-                self._accept, host, port, limit=limits.GATEWAY_MAX_HEADER_BYTES, reuse_address=True
-            )
-        self._servers.append(server)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._closing or len(self._connections) >= limits.GATEWAY_MAX_CONNECTIONS:
-            writer.close()
-            return
-        self._connections.add(task)
-        try:
-            sock = writer.get_extra_info("socket")
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await self._serve(
-                Connection(
-                    reader,
-                    writer,
-                    max_header_bytes=limits.GATEWAY_MAX_HEADER_BYTES,
-                    max_body_bytes=self._max_body_bytes,
-                    read_timeout_seconds=limits.GATEWAY_READ_TIMEOUT_SECONDS,
-                    idle_timeout_seconds=limits.GATEWAY_IDLE_TIMEOUT_SECONDS,
-                )
-            )
-        except asyncio.CancelledError:
-            # Only close() cancels a connection; ending quietly keeps asyncio's server
-            # callback from logging the cancellation as an error.
-            if not self._closing:
-                raise
-        finally:
-            self._connections.discard(task)
-
-    async def _serve(self, connection: Connection) -> None:
-        try:
-            while True:
-                try:
-                    request = await connection.read_request()
-                except HttpError as error:
-                    body = f"{error.status.phrase}: {error.detail}\n".encode()
-                    await connection.write_response(error.status, _TEXT, body, keep_alive=False)
-                    return
-                if request is None or not await self._handle(connection, request):
-                    return
-        except (ConnectionError, OSError):
-            pass  # the client went away while we wrote
-        finally:
-            await connection.close()
 
     async def _handle(self, connection: Connection, request: Request) -> bool:
         """Answer one request; whether the connection stays open for another."""
@@ -377,7 +317,7 @@ async def start_gateway(
     try:
         for address in listen_addresses:
             host, port = _split_host_port(address)
-            await gateway._listen(host, port, tls.get(address))
+            await gateway._listeners.listen(host, port, tls.get(address))
     except BaseException:
         await gateway.close()
         raise

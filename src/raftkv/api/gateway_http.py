@@ -1,4 +1,5 @@
-"""A small, strict HTTP/1.1 server connection over asyncio streams (for the gateway).
+"""A small, strict HTTP/1.1 server over asyncio streams (the JSON gateway and the metrics
+listeners): ``HttpListeners`` accepts connections, ``Connection`` reads and answers requests.
 
 What it accepts: a request line ``METHOD SP origin-form SP HTTP/1.x``, header fields
 ``name: value`` (token names, no obsolete line folding, no control characters), CRLF
@@ -19,8 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
+
+from raftkv.server.tls import TlsServer, start_tls_server
 
 _READ_CHUNK_BYTES = 64 * 1024
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -287,3 +294,119 @@ def _content_length(headers: dict[str, str], max_body_bytes: int) -> int:
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body larger than {max_body_bytes} bytes"
         )
     return length
+
+
+@dataclass(frozen=True)
+class ListenerBounds:
+    """What one kind of HTTP listener allows (the gateway's and the metrics listener's)."""
+
+    what: str  # names the listener in TLS log lines
+    max_connections: int
+    max_header_bytes: int
+    max_body_bytes: int
+    read_timeout_seconds: float
+    idle_timeout_seconds: float
+    plaintext_on_tls_reply: bytes = b""
+
+
+# The headers of a plain-text answer (errors, health).
+TEXT_HEADERS = [
+    ("Content-Type", "text/plain; charset=utf-8"),
+    ("X-Content-Type-Options", "nosniff"),
+]
+
+
+class HttpListeners:
+    """Plain or TLS listeners. Each accepted connection, within a bound on their number,
+    reads requests and hands each to ``handle``, which answers it and says whether the
+    connection stays open; a malformed request gets its error status, then the connection
+    closes. ``close`` stops listening and ends every connection. ``bounds`` is asked
+    again at each listen and accept, so it reads the limits in force then."""
+
+    def __init__(
+        self,
+        handle: Callable[[Connection, Request], Awaitable[bool]],
+        bounds: Callable[[], ListenerBounds],
+    ) -> None:
+        self._handle = handle
+        self._bounds = bounds
+        self._servers: list[asyncio.Server | TlsServer] = []
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    @property
+    def ports(self) -> list[int]:
+        """The bound port of each listening socket, in the order of the listen calls."""
+        return [sock.getsockname()[1] for server in self._servers for sock in server.sockets]
+
+    async def listen(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
+        bounds = self._bounds()
+        server: asyncio.Server | TlsServer
+        if context is None:
+            server = await asyncio.start_server(
+                self._accept, host, port, limit=bounds.max_header_bytes, reuse_address=True
+            )
+        else:
+            server = await start_tls_server(
+                self._accept,
+                host,
+                port,
+                context,
+                what=bounds.what,
+                plaintext_reply=bounds.plaintext_on_tls_reply,
+                read_limit_bytes=bounds.max_header_bytes,
+            )
+        self._servers.append(server)
+
+    async def close(self) -> None:
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        bounds = self._bounds()
+        if self._closing or len(self._connections) >= bounds.max_connections:
+            writer.close()
+            return
+        self._connections.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = Connection(
+            reader,
+            writer,
+            max_header_bytes=bounds.max_header_bytes,
+            max_body_bytes=bounds.max_body_bytes,
+            read_timeout_seconds=bounds.read_timeout_seconds,
+            idle_timeout_seconds=bounds.idle_timeout_seconds,
+        )
+        try:
+            await self._serve(connection)
+        except asyncio.CancelledError:
+            # Only close() cancels a connection; ending quietly keeps asyncio's server
+            # callback from logging the cancellation as an error.
+            if not self._closing:
+                raise
+        except (ConnectionError, OSError):
+            pass  # the client went away
+        finally:
+            self._connections.discard(task)
+            await connection.close()
+
+    async def _serve(self, connection: Connection) -> None:
+        while True:
+            try:
+                request = await connection.read_request()
+            except HttpError as error:
+                body = f"{error.status.phrase}: {error.detail}\n".encode()
+                await connection.write_response(error.status, TEXT_HEADERS, body, keep_alive=False)
+                return
+            if request is None or not await self._handle(connection, request):
+                return

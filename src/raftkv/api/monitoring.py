@@ -22,13 +22,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 
 from raftkv import limits
-from raftkv.api.gateway_http import Connection, HttpError, Request
-from raftkv.server import metrics, tls
+from raftkv.api.gateway_http import (
+    TEXT_HEADERS,
+    Connection,
+    HttpListeners,
+    ListenerBounds,
+    Request,
+)
+from raftkv.server import metrics
 from raftkv.server.interface import NodeAPI
 from raftkv.storage.alarm import AlarmType
 from raftkv.storage.errors import RequestError
 
-_TEXT = [("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff")]
+_TEXT = TEXT_HEADERS
 _JSON = [("Content-Type", "application/json")]
 _METRICS = [("Content-Type", metrics.CONTENT_TYPE)]
 # Alarms that make a member unready (etcd's /health looks at these two).
@@ -51,14 +57,23 @@ async def readiness_problem(node: NodeAPI, timeout_s: float) -> tuple[str, str] 
     return None
 
 
+def _bounds() -> ListenerBounds:
+    return ListenerBounds(
+        what="metrics listener",
+        max_connections=limits.METRICS_HTTP_MAX_CONNECTIONS,
+        max_header_bytes=limits.METRICS_HTTP_MAX_HEADER_BYTES,
+        max_body_bytes=0,
+        read_timeout_seconds=limits.METRICS_HTTP_READ_TIMEOUT_S,
+        idle_timeout_seconds=limits.METRICS_HTTP_IDLE_TIMEOUT_S,
+    )
+
+
 class MonitoringServer:
     """The running listeners; ``ports`` and ``close``."""
 
     def __init__(self, node: NodeAPI) -> None:
         self._node = node
-        self._servers: list[asyncio.Server | tls.TlsServer] = []
-        self._connections: set[asyncio.Task[None]] = set()
-        self._closing = False
+        self._listeners = HttpListeners(self._handle, _bounds)
         self._routes: dict[str, Callable[[Connection, Request], Awaitable[None]]] = {
             "/metrics": self._metrics,
             "/livez": self._livez,
@@ -68,92 +83,31 @@ class MonitoringServer:
 
     @property
     def ports(self) -> list[int]:
-        return [sock.getsockname()[1] for server in self._servers for sock in server.sockets]
+        return self._listeners.ports
 
     async def listen(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
-        server: asyncio.Server | tls.TlsServer
-        if context is None:
-            server = await asyncio.start_server(
-                self._accept,
-                host,
-                port,
-                limit=limits.METRICS_HTTP_MAX_HEADER_BYTES,
-                reuse_address=True,
-            )
-        else:
-            server = await tls.start_tls_server(
-                self._accept,
-                host,
-                port,
-                context,
-                what="metrics listener",
-                read_limit_bytes=limits.METRICS_HTTP_MAX_HEADER_BYTES,
-            )
-        self._servers.append(server)
+        await self._listeners.listen(host, port, context)
 
     async def close(self) -> None:
-        self._closing = True
-        for server in self._servers:
-            server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        for server in self._servers:
-            await server.wait_closed()
+        await self._listeners.close()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._closing or len(self._connections) >= limits.METRICS_HTTP_MAX_CONNECTIONS:
-            writer.close()
-            return
-        self._connections.add(task)
-        connection = Connection(
-            reader,
-            writer,
-            max_header_bytes=limits.METRICS_HTTP_MAX_HEADER_BYTES,
-            max_body_bytes=0,
-            read_timeout_seconds=limits.METRICS_HTTP_READ_TIMEOUT_S,
-            idle_timeout_seconds=limits.METRICS_HTTP_IDLE_TIMEOUT_S,
-        )
-        try:
-            await self._serve(connection)
-        except asyncio.CancelledError:
-            if not self._closing:  # only close() cancels; end quietly then
-                raise
-        except (ConnectionError, OSError):
-            pass  # the client went away
-        finally:
-            self._connections.discard(task)
-            await connection.close()
-
-    async def _serve(self, connection: Connection) -> None:
-        while True:
-            try:
-                request = await connection.read_request()
-            except HttpError as error:
-                body = f"{error.status.phrase}: {error.detail}\n".encode()
-                await connection.write_response(error.status, _TEXT, body, keep_alive=False)
-                return
-            if request is None:
-                return
-            handler = self._routes.get(request.path)
-            if handler is None:
-                await connection.write_response(
-                    HTTPStatus.NOT_FOUND, _TEXT, b"404 page not found\n", request.keep_alive
-                )
-            elif request.method != "GET":
-                headers = [*_TEXT, ("Allow", "GET")]
-                await connection.write_response(
-                    HTTPStatus.METHOD_NOT_ALLOWED,
-                    headers,
-                    b"Method Not Allowed\n",
-                    request.keep_alive,
-                )
-            else:
-                await handler(connection, request)
-            if not request.keep_alive:
-                return
+    async def _handle(self, connection: Connection, request: Request) -> bool:
+        handler = self._routes.get(request.path)
+        if handler is None:
+            await connection.write_response(
+                HTTPStatus.NOT_FOUND, _TEXT, b"404 page not found\n", request.keep_alive
+            )
+        elif request.method != "GET":
+            headers = [*_TEXT, ("Allow", "GET")]
+            await connection.write_response(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                headers,
+                b"Method Not Allowed\n",
+                request.keep_alive,
+            )
+        else:
+            await handler(connection, request)
+        return request.keep_alive
 
     async def _metrics(self, connection: Connection, request: Request) -> None:
         body = metrics.REGISTRY.render()
