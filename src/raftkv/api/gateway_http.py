@@ -376,9 +376,6 @@ class HttpListeners:
             writer.close()
             return
         self._connections.add(task)
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = Connection(
             reader,
             writer,
@@ -388,6 +385,9 @@ class HttpListeners:
             idle_timeout_seconds=bounds.idle_timeout_seconds,
         )
         try:
+            sock = writer.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await self._serve(connection)
         except asyncio.CancelledError:
             # Only close() cancels a connection; ending quietly keeps asyncio's server
