@@ -35,17 +35,27 @@ def put_svarint(out: bytearray, value: int) -> None:
 def read_uvarint(data: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
     """(value, position after it) of the varint at ``pos``."""
     assert pos >= 0, pos
-    value = 0
-    for shift in range(0, 7 * MAX_VARINT_BYTES, 7):
-        if pos >= len(data):
-            raise VarintError("truncated varint")
+    try:
         byte = data[pos]
+    except IndexError:
+        raise VarintError("truncated varint") from None
+    if byte < 0x80:  # one byte: types, counts, flags and small numbers (the common case)
+        return byte, pos + 1
+    value = byte & 0x7F
+    shift = 7
+    while shift < 7 * MAX_VARINT_BYTES:
         pos += 1
+        try:
+            byte = data[pos]
+        except IndexError:
+            raise VarintError("truncated varint") from None
         value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            if value > UINT64_MAX or (byte == 0 and shift > 0):
+        if byte < 0x80:
+            # After a byte with the continuation bit, a last byte of 0 is redundant.
+            if value > UINT64_MAX or byte == 0:
                 raise VarintError("non-canonical or oversized varint")
-            return value, pos
+            return value, pos + 1
+        shift += 7
     raise VarintError("varint longer than 10 bytes")
 
 
