@@ -22,6 +22,7 @@ from raftkv.api.etcdpb.v3electionpb import v3election_pb2, v3election_pb2_grpc
 from raftkv.api.etcdpb.v3lockpb import v3lock_pb2, v3lock_pb2_grpc
 from raftkv.api.server import ApiOptions, start_grpc_server_bound
 from raftkv.server.auth import errors
+from raftkv.server.requests import AuthEnableRequest
 from tests.api.conftest import ApiServer, Stubs
 from tests.api.helpers import WatchStream, rpc_error, status_of
 from tests.api.local_node import LocalNode
@@ -185,6 +186,37 @@ def user_only_calls(api: Stubs) -> dict[str, Callable[[Metadata], object]]:
 
 def expect(name: str, expected: tuple[grpc.StatusCode, str]) -> tuple[grpc.StatusCode, str]:
     return (grpc.StatusCode.UNKNOWN, expected[1]) if name in RECIPES else expected
+
+
+@pytest.mark.parametrize("read", ["Range", "read-only Txn"])
+def test_a_read_is_checked_after_its_barrier_when_auth_was_enabled_meanwhile(
+    api: AuthApiServer, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """A linearizable read that began on a member which had not yet applied AuthEnable is
+    checked once its read barrier has brought the member up to date, as etcd checks a
+    read only after the barrier: it must not answer without credentials."""
+    auth = api.auth
+    auth.UserAdd(rpc_pb2.AuthUserAddRequest(name="root", password=ROOT_PASSWORD))
+    auth.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"))
+    api.kv.Put(rpc_pb2.PutRequest(key=SECRET, value=b"s"))
+    node = api.node
+    barrier = node.read_barrier
+
+    async def auth_enabled_during_the_barrier() -> None:
+        # What another member's client did meanwhile, applied while this read waits.
+        await node.propose(AuthEnableRequest())
+        await barrier()
+
+    monkeypatch.setattr(node, "read_barrier", auth_enabled_during_the_barrier)
+    range_secret = rpc_pb2.RangeRequest(key=SECRET)
+    calls = {
+        "Range": lambda: api.kv.Range(range_secret),
+        "read-only Txn": lambda: api.kv.Txn(
+            rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=range_secret)])
+        ),
+    }
+    assert status_of(rpc_error(calls[read])) == USER_EMPTY
+    assert node.auth.enabled
 
 
 def test_every_rpc_is_refused_without_a_token(

@@ -32,7 +32,8 @@ Nothing here logs a token or a password.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,10 @@ class CallAuth:
     store: AuthStore | None  # None: nothing was checked (auth disabled or an open call)
     # The call answers what it reads under the checked permissions (see ``finish``).
     reads: bool = False
+    # Auth was off when the call began: if it is on by the time a read is answered (a
+    # linearizable read waits for entries, AuthEnable among them), check it then, as etcd
+    # checks a read only after its read barrier.
+    check_if_enabled: Callable[[], None] | None = None
 
 
 _UNCHECKED = CallAuth(NO_CREDENTIALS, False, None)
@@ -161,9 +166,17 @@ async def begin(
     """Check the call's credentials against ``policy``; raise the refusal. Sets
     ``request_auth`` for the rest of the call (``live`` credentials: see ``AuthInfo``)."""
     store = node.auth
-    if not store.enabled or policy is Policy.OPEN:
+    if policy is Policy.OPEN:
         request_auth.set(NO_CREDENTIALS)
         return _UNCHECKED
+    if not store.enabled:
+        request_auth.set(NO_CREDENTIALS)
+        return CallAuth(
+            NO_CREDENTIALS,
+            False,
+            None,
+            check_if_enabled=functools.partial(_check_read_now, node, context, policy, request),
+        )
     try:
         info = await resolve(node, context)
     except InvalidAuthTokenError:
@@ -178,6 +191,9 @@ async def begin(
 
 def finish(node: NodeAPI, call: CallAuth) -> None:
     """After a read: refuse its answer if the auth store changed since ``begin``."""
+    if call.check_if_enabled is not None and node.auth.enabled:
+        call.check_if_enabled()
+        return
     if call.store is None or not call.reads:
         return
     store = node.auth
@@ -240,6 +256,18 @@ def _token_of(context: Context) -> str | None:
         if key in TOKEN_METADATA_KEYS and isinstance(value, str):
             return value
     return None
+
+
+def _check_read_now(node: NodeAPI, context: Context, policy: Policy, request: object) -> None:
+    """The check of a read call, against the auth store as it is now. Writes are not
+    checked here: their entries were checked when applied."""
+    reads = policy is Policy.RANGE or (
+        policy is Policy.TXN
+        and isinstance(request, rpc_pb2.TxnRequest)
+        and is_txn_read_only(convert.txn_request(request))
+    )
+    if reads:
+        _check(node, node.auth, policy, resolve_now(node, context), request)
 
 
 def _check(
