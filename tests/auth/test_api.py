@@ -413,10 +413,16 @@ def test_a_read_checked_before_an_auth_change_is_refused_after_it(
         context: Any = FakeContext(alice)
         return await authz.begin(node, context, policy, request)
 
+    context: Any = FakeContext(alice)
     read_call = api.call(checked(read, authz.Policy.RANGE))
     write_call = api.call(checked(write, authz.Policy.TXN))
-    api.run(lambda: authz.finish(node, read_call))  # nothing changed: the answer stands
+
+    def finish_read() -> None:
+        authz.finish(node, read_call, context, authz.Policy.RANGE, read)
+
+    api.run(finish_read)  # nothing changed: the answer stands
     api.auth.RoleAdd(rpc_pb2.AuthRoleAddRequest(name="unrelated"), metadata=root)
     with pytest.raises(errors.AuthOldRevisionError):
-        api.run(lambda: authz.finish(node, read_call))
-    api.run(lambda: authz.finish(node, write_call))  # a write was checked when applied
+        api.run(finish_read)
+    # a write was checked when applied
+    api.run(lambda: authz.finish(node, write_call, context, authz.Policy.TXN, write))

@@ -32,8 +32,7 @@ Nothing here logs a token or a password.
 from __future__ import annotations
 
 import enum
-import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,12 +151,13 @@ class CallAuth:
     # The call answers what it reads under the checked permissions (see ``finish``).
     reads: bool = False
     # Auth was off when the call began: if it is on by the time a read is answered (a
-    # linearizable read waits for entries, AuthEnable among them), check it then, as etcd
-    # checks a read only after its read barrier.
-    check_if_enabled: Callable[[], None] | None = None
+    # linearizable read waits for entries, AuthEnable among them), ``finish`` checks it
+    # then, as etcd checks a read only after its read barrier.
+    auth_was_off: bool = False
 
 
 _UNCHECKED = CallAuth(NO_CREDENTIALS, False, None)
+_AUTH_OFF = CallAuth(NO_CREDENTIALS, False, None, auth_was_off=True)
 
 
 async def begin(
@@ -171,12 +171,7 @@ async def begin(
         return _UNCHECKED
     if not store.enabled:
         request_auth.set(NO_CREDENTIALS)
-        return CallAuth(
-            NO_CREDENTIALS,
-            False,
-            None,
-            check_if_enabled=functools.partial(_check_read_now, node, context, policy, request),
-        )
+        return _AUTH_OFF
     try:
         info = await resolve(node, context)
     except InvalidAuthTokenError:
@@ -189,10 +184,13 @@ async def begin(
     return CallAuth(info, store.enabled, store, reads)
 
 
-def finish(node: NodeAPI, call: CallAuth) -> None:
+def finish(
+    node: NodeAPI, call: CallAuth, context: Context, policy: Policy, request: object
+) -> None:
     """After a read: refuse its answer if the auth store changed since ``begin``."""
-    if call.check_if_enabled is not None and node.auth.enabled:
-        call.check_if_enabled()
+    if call.auth_was_off:
+        if node.auth.enabled:
+            _check_read_now(node, context, policy, request)
         return
     if call.store is None or not call.reads:
         return

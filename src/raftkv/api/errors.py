@@ -117,7 +117,7 @@ def unary(
             check_leader(self.node, context)
             call = await authz.begin(self.node, context, policy, request)
             response = await method(self, request, context)
-            authz.finish(self.node, call)
+            authz.finish(self.node, call, context, policy, request)
             return response
         except grpc.aio.AbortError:
             raise  # context.abort already set the status
