@@ -108,6 +108,9 @@ class Gateway:
         """The bound port of each listening socket, in listen_addresses order."""
         return self._listeners.ports
 
+    async def listen(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
+        await self._listeners.listen(host, port, context)
+
     async def close(self) -> None:
         """Stop listening, end every connection (canceling their calls), close gRPC."""
         await self._listeners.close()
@@ -317,7 +320,7 @@ async def start_gateway(
     try:
         for address in listen_addresses:
             host, port = _split_host_port(address)
-            await gateway._listeners.listen(host, port, tls.get(address))
+            await gateway.listen(host, port, tls.get(address))
     except BaseException:
         await gateway.close()
         raise

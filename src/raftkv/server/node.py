@@ -163,20 +163,7 @@ class Node:
         disk = OsDisk()
         existed = RaftPersistence.exists(disk, self.member_dir)
         self._identity = await self._establish_identity(existed)
-        # Every backend commit is synced: LMDB without sync can be corrupted by a power
-        # loss, and the WAL replay can only repair a backend that is behind, not broken.
-        # The meta page is not (a crash may undo the last commit, which the WAL replays);
-        # flush() syncs it before the WAL is compacted. Commits are batched as etcd's are
-        # (--backend-batch-interval, --backend-batch-limit): the applied batches wait in an open
-        # transaction that reads see, and a crash loses only what the WAL replays.
-        self.backend = Backend(
-            os.path.join(self.member_dir, "db"),
-            metasync=False,
-            observe_commit_s=metrics.BACKEND_COMMIT_SECONDS.observe,
-            batch_commits=True,
-            batch_interval_ms=self.config.backend_batch_interval_ms,
-            batch_limit=self.config.backend_batch_limit,
-        )
+        self.backend = self._open_backend(os.path.join(self.member_dir, "db"))
         self.member_store = MemberStore(self.backend)
         if existed:
             self.persistence = RaftPersistence.open(disk, self.member_dir)
@@ -1122,7 +1109,17 @@ class Node:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(directory, "lock.mdb"))
         _fsync_directory(directory)
-        self.backend = Backend(
+        self.backend = self._open_backend(directory)
+        self.member_store = MemberStore(self.backend)
+
+    def _open_backend(self, directory: str) -> Backend:
+        """Every backend commit is synced: LMDB without sync can be corrupted by a power
+        loss, and the WAL replay can only repair a backend that is behind, not broken. The
+        meta page is not (a crash may undo the last commit, which the WAL replays); flush()
+        syncs it before the WAL is compacted. Commits are batched as etcd's are
+        (--backend-batch-interval, --backend-batch-limit): the applied batches wait in an
+        open transaction that reads see, and a crash loses only what the WAL replays."""
+        return Backend(
             directory,
             metasync=False,
             observe_commit_s=metrics.BACKEND_COMMIT_SECONDS.observe,
@@ -1130,7 +1127,6 @@ class Node:
             batch_interval_ms=self.config.backend_batch_interval_ms,
             batch_limit=self.config.backend_batch_limit,
         )
-        self.member_store = MemberStore(self.backend)
 
     def _apply(self, entries: list[Entry]) -> None:
         started_s = time.perf_counter()
