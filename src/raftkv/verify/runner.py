@@ -25,6 +25,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -50,6 +51,8 @@ RECOVERY_BOUND_S = 30.0
 PROGRESS_INTERVAL_S = 5.0
 FINAL_CLIENT_ID = 1_000_000  # the runner's own final reads, apart from the workload clients
 RECOVERY_CLIENT_TIMEOUT_S = 2.0
+# How long each member may take to apply the final read's revision before it is compared.
+MEMBER_CATCH_UP_S = 10.0
 
 
 class VerifySetupError(RuntimeError):
@@ -333,6 +336,7 @@ class _Run:
 
     async def _final_checks(self, workloads: Workloads) -> None:
         final = await self._final_reads()
+        await self._check_members_agree(final[1])
         reference = await self._change_history(final[1])
         self._check_final_state(final[0], reference)
         self._check_lost_writes(reference)
@@ -363,6 +367,12 @@ class _Run:
             op.model_output, op.text_out = values.get(key), repr(values.get(key))
             self.recorder.ops.append(op)
         return values, result.header.revision
+
+    async def _check_members_agree(self, revision: int) -> None:
+        anomaly = await members_disagree(self._live_endpoints(), revision)
+        self.verdicts["agreement"] = "ok" if anomaly is None else "anomaly"
+        if anomaly is not None:
+            self.anomalies.append(anomaly)
 
     async def _change_history(self, last_revision: int) -> list[RevisionChange]:
         """Every change under ``v/`` since revision 1, from a watch with prev_kv."""
@@ -512,6 +522,70 @@ class _Run:
             wall_s=time.monotonic() - self.started_wall,
         )
         return RunRecord(summary, ops, list(faults), list(self.anomalies))
+
+
+async def members_disagree(endpoints: Sequence[str], revision: int) -> Anomaly | None:
+    """Whether the members hold different keys under ``v/`` at ``revision``, each read
+    from its own copy once it has applied ``revision``.
+
+    The other checks read through whichever member answers; a member whose state machine
+    diverged (an entry applied twice, or skipped after a crash) can hide among them.
+    """
+    states = {endpoint: await _member_state(endpoint, revision) for endpoint in endpoints}
+    reference_endpoint, reference = next(iter(states.items()))
+    differing = {e: state for e, state in states.items() if state != reference}
+    if not differing:
+        return None
+    return Anomaly(
+        "agreement",
+        f"{len(differing)} of {len(states)} members disagree with {reference_endpoint} "
+        f"at revision {revision}",
+        "\n".join(
+            _state_difference(reference_endpoint, reference, endpoint, state)
+            for endpoint, state in differing.items()
+        ),
+    )
+
+
+async def _member_state(endpoint: str, revision: int) -> list[tuple[str, str, int]] | str:
+    """The keys under ``v/`` at ``revision`` on this member alone (serializable reads), or
+    why they could not be read within MEMBER_CATCH_UP_S."""
+    deadline = time.monotonic() + MEMBER_CATCH_UP_S
+    last_error = "no attempt"
+    async with Client([endpoint], timeout_s=RECOVERY_CLIENT_TIMEOUT_S) as client:
+        while time.monotonic() < deadline:
+            try:
+                current = await client.get(f"{PREFIX}recovery", serializable=True)
+                if current.header.revision >= revision:
+                    result = await client.get_prefix(PREFIX, revision=revision, serializable=True)
+                    return [
+                        (kv.key.decode(), kv.value.decode(), kv.mod_revision) for kv in result.kvs
+                    ]
+                last_error = f"applied only up to revision {current.header.revision}"
+            except (ClientError, TimeoutError) as error:
+                last_error = f"{type(error).__name__}: {error}"
+            await asyncio.sleep(0.1)
+    return f"unreadable: {last_error}"
+
+
+def _state_difference(
+    reference_endpoint: str,
+    reference: list[tuple[str, str, int]] | str,
+    endpoint: str,
+    state: list[tuple[str, str, int]] | str,
+) -> str:
+    if isinstance(state, str) or isinstance(reference, str):
+        return f"{endpoint}: {state if isinstance(state, str) else 'readable'}; " + (
+            f"{reference_endpoint}: {reference if isinstance(reference, str) else 'readable'}"
+        )
+    theirs = {key: (value, mod) for key, value, mod in state}
+    ours = {key: (value, mod) for key, value, mod in reference}
+    keys = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    lines = [f"{endpoint} differs on {len(keys)} keys (value, mod revision):"]
+    lines += [
+        f"  {k}: {endpoint} {theirs.get(k)}, {reference_endpoint} {ours.get(k)}" for k in keys[:20]
+    ]
+    return "\n".join(lines)
 
 
 def _keys_of(model_input: object) -> list[str]:
