@@ -49,10 +49,10 @@ def test_os_disk_write_enospc_raises_disk_error_naming_the_path(
     path = str(tmp_path / "segment.wal")
     file = disk.create(path)
 
-    def full(fd: int, data: bytes) -> int:
+    def full(fd: int, data: bytes, offset: int) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(DiskError) as caught:
         file.write(b"x" * 100)
     message = str(caught.value)
@@ -66,16 +66,16 @@ def test_os_disk_partial_write_then_enospc_counts_what_was_written(
 ) -> None:
     disk = OsDisk()
     file = disk.create(str(tmp_path / "f"))
-    real_write = os.write
+    real_pwrite = os.pwrite
     calls = []
 
-    def half_then_full(fd: int, data: memoryview) -> int:
+    def half_then_full(fd: int, data: memoryview, offset: int) -> int:
         calls.append(len(data))
         if len(calls) == 1:
-            return real_write(fd, data[: len(data) // 2])
+            return real_pwrite(fd, data[: len(data) // 2], offset)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(os, "write", half_then_full)
+    monkeypatch.setattr(os, "pwrite", half_then_full)
     with pytest.raises(DiskError, match="ENOSPC"):
         file.write(b"x" * 100)
     assert file.size == 50

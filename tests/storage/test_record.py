@@ -31,6 +31,9 @@ from raftkv.storage.wal.record import (
     encode_snapshot_marker,
     encoded_size,
 )
+from raftkv.storage.wal.segment import find_valid_record
+
+WAL_MAX = limits.WAL_MAX_RECORD_BYTES
 
 record_types = st.sampled_from(list(RecordType))
 payloads = st.binary(min_size=1, max_size=300)
@@ -153,3 +156,37 @@ def test_malformed_payloads_raise_record_format_error() -> None:
         decode_hard_state(bytes(23))
     with pytest.raises(RecordFormatError, match="version"):
         decode_metadata(struct.pack("<IQQQ", 99, 0, 1, 0))
+
+
+def _find_valid_record_reference(data: bytes, start: int) -> int | None:
+    """The plain search: try every aligned offset."""
+    offset = start + (-start % RECORD_ALIGN_BYTES)
+    while offset + HEADER_BYTES <= len(data):
+        if decode_record(data, offset).status is DecodeStatus.OK:
+            return offset
+        offset += RECORD_ALIGN_BYTES
+    return None
+
+
+_PIECES = st.one_of(
+    st.integers(0, 3000).map(bytes),  # zero runs, any length (alignment shifts)
+    st.binary(min_size=1, max_size=40),  # garbage
+    st.binary(min_size=1, max_size=60).map(lambda p: encode_record(RecordType.ENTRY, p)),
+)
+
+
+@given(st.lists(_PIECES, max_size=12), st.integers(0, 200))
+def test_the_zero_skipping_search_finds_what_the_plain_search_finds(
+    pieces: list[bytes], start: int
+) -> None:
+    data = b"".join(pieces)
+    start = min(start, len(data))
+    assert find_valid_record(data, start, WAL_MAX) == _find_valid_record_reference(data, start)
+
+
+def test_the_search_crosses_long_zero_runs_to_a_record() -> None:
+    record = encode_record(RecordType.HARD_STATE, b"x" * 9)
+    for zeros in (16, 65536 - 8, 65536, 65536 + 8, 3 * 65536 + 40):
+        data = bytes(zeros) + record + bytes(100_000)
+        assert find_valid_record(data, 0, WAL_MAX) == zeros
+        assert find_valid_record(data, zeros + 8, WAL_MAX) is None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from raftkv import limits
 from raftkv.raft.messages import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
 from raftkv.sim.disk import SimDisk
 from raftkv.storage.disk import Disk, OsDisk, join
@@ -249,6 +250,14 @@ def test_build_memory_storage_from_replay_and_snapshot(disk_dir: tuple[Disk, str
 # -- Torn tails -------------------------------------------------------------------
 
 
+def assert_data_ends_at(disk: Disk, path: str, size: int) -> None:
+    """The file holds nothing past ``size`` but zeros: the repair cut it there, and an
+    open WAL on a real disk preallocates past its data."""
+    content = disk.read(path)
+    assert len(content) >= size
+    assert content[size:].count(0) == len(content) - size
+
+
 def _wal_with_synced_records(disk: Disk, directory: str) -> tuple[str, int]:
     """A WAL holding entries 1..5 (synced); returns its segment path and size."""
     wal = WAL.create(disk, directory)
@@ -273,7 +282,7 @@ def test_torn_tail_record_is_truncated_on_open(
     with caplog.at_level(logging.WARNING, logger="raftkv.storage.wal.wal"):
         wal, replay = WAL.open(disk, directory)
     assert replay.entries == entries(1, 5)
-    assert len(disk.read(path)) == size
+    assert_data_ends_at(disk, path, size)
     assert "torn tail" in caplog.text and path in caplog.text
     # The repaired WAL takes new records where the torn one was.
     wal.save(HardState(term=1, commit=6), [Entry(term=1, index=6, data=b"y")])
@@ -292,7 +301,7 @@ def test_zeros_or_garbage_after_the_last_record_are_truncated(
     _, replay = WAL.open(disk, directory)
     assert replay.entries == entries(1, 5)
     assert replay.hard_state == HardState(term=1, commit=5)
-    assert len(disk.read(path)) == size
+    assert_data_ends_at(disk, path, size)
 
 
 def test_torn_record_with_garbage_at_its_end_is_truncated(disk_dir: tuple[Disk, str]) -> None:
@@ -306,7 +315,7 @@ def test_torn_record_with_garbage_at_its_end_is_truncated(disk_dir: tuple[Disk, 
     rewrite(disk, path, bytes(content))
     _, replay = WAL.open(disk, directory)
     assert replay.entries == entries(1, 5)
-    assert len(disk.read(path)) == size
+    assert_data_ends_at(disk, path, size)
 
 
 # -- Corruption -------------------------------------------------------------------
@@ -449,7 +458,7 @@ def test_record_bytes_inside_a_torn_payload_do_not_count_as_a_valid_record(
     rewrite(disk, path, disk.read(path)[: size + 40 + len(embedded) + 16])
     _, replay = WAL.open(disk, directory)
     assert replay.entries == entries(1, 5)
-    assert len(disk.read(path)) == size
+    assert_data_ends_at(disk, path, size)
 
 
 def test_open_makes_what_it_replayed_durable() -> None:
@@ -463,3 +472,127 @@ def test_open_makes_what_it_replayed_durable() -> None:
         disk.crash(random.Random(seed))  # then the power goes
         _, replay = WAL.open(disk, "/wal")
         assert replay == replayed, seed
+
+
+# -- Preallocation (real files only: SimDisk does not model it) ------------------------
+
+PREALLOCATED_SEGMENT_BYTES = 64 << 20
+
+
+def _crash_image(source: Path, target: Path) -> str:
+    """A copy of the WAL directory as a crash would leave it (the writer never closed)."""
+    target.mkdir()
+    for file in source.iterdir():
+        (target / file.name).write_bytes(file.read_bytes())
+    return str(target)
+
+
+def _preallocated_wal(tmp_path: Path) -> tuple[WAL, str]:
+    directory = str(tmp_path / "wal")
+    wal = WAL.create(OsDisk(), directory, segment_bytes=PREALLOCATED_SEGMENT_BYTES)
+    wal.save(HardState(term=1, commit=5), entries(1, 5))
+    wal.sync()
+    return wal, wal.segment_paths[-1]
+
+
+def test_a_segment_is_preallocated_while_open_and_cut_back_on_close(tmp_path: Path) -> None:
+    wal, path = _preallocated_wal(tmp_path)
+    scan = scan_segment(Path(path).read_bytes(), is_last=True)
+    assert len(scan.records) == 3 + 5 + 1  # the head, five entries, the hard state
+    assert Path(path).stat().st_size >= limits.WAL_PREALLOCATE_BYTES > scan.valid_bytes
+    wal.close()
+    size = Path(path).stat().st_size
+    assert size < 1024
+    assert scan_segment(Path(path).read_bytes(), is_last=False).valid_bytes == size
+
+
+def test_a_crash_leaves_zeros_past_the_data_which_end_the_replay_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wal, _ = _preallocated_wal(tmp_path)
+    image = _crash_image(tmp_path / "wal", tmp_path / "crashed")
+    with caplog.at_level(logging.WARNING, logger="raftkv.storage.wal.wal"):
+        reopened, replay = WAL.open(OsDisk(), image, segment_bytes=PREALLOCATED_SEGMENT_BYTES)
+    assert replay.entries == entries(1, 5)
+    assert replay.hard_state == HardState(term=1, commit=5)
+    assert "torn tail" not in caplog.text  # nothing was torn: the rest is preallocated space
+    # Writes continue where the data ended, inside the preallocated length.
+    reopened.save(HardState(term=1, commit=6), entries(6, 6))
+    reopened.sync()
+    path = reopened.segment_paths[-1]
+    assert Path(path).stat().st_size >= limits.WAL_PREALLOCATE_BYTES
+    _, replay = reopen(OsDisk(), image, reopened, segment_bytes=PREALLOCATED_SEGMENT_BYTES)
+    assert replay.entries == entries(1, 6)
+    wal.close()
+
+
+def test_a_torn_record_followed_by_preallocated_zeros_is_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wal, path = _preallocated_wal(tmp_path)
+    size = scan_segment(Path(path).read_bytes(), is_last=True).valid_bytes
+    wal.save(None, [Entry(term=1, index=6, data=b"x" * 100)])  # never synced
+    image = _crash_image(tmp_path / "wal", tmp_path / "crashed")
+    crashed = join(image, Path(path).name)
+    content = bytearray(Path(crashed).read_bytes())
+    content[size + 60 : size + 140] = bytes(80)  # the end of the write never made it
+    Path(crashed).write_bytes(bytes(content))
+    with caplog.at_level(logging.WARNING, logger="raftkv.storage.wal.wal"):
+        _, replay = WAL.open(OsDisk(), image, segment_bytes=PREALLOCATED_SEGMENT_BYTES)
+    assert replay.entries == entries(1, 5)
+    assert "torn tail" in caplog.text
+    assert_data_ends_at(OsDisk(), crashed, size)
+    wal.close()
+
+
+def test_zeros_in_the_middle_of_a_preallocated_segment_are_corruption(tmp_path: Path) -> None:
+    wal, path = _preallocated_wal(tmp_path)
+    image = _crash_image(tmp_path / "wal", tmp_path / "crashed")
+    crashed = join(image, Path(path).name)
+    target = _record_offsets(OsDisk(), crashed)[5]  # entry 3; entries 4, 5 follow
+    content = bytearray(Path(crashed).read_bytes())
+    content[target : target + HEADER_BYTES] = bytes(HEADER_BYTES)
+    Path(crashed).write_bytes(bytes(content))
+    with pytest.raises(CorruptionError) as caught:
+        WAL.open(OsDisk(), image, segment_bytes=PREALLOCATED_SEGMENT_BYTES)
+    assert caught.value.path == crashed and caught.value.offset == target
+    wal.close()
+
+
+def test_zeros_past_the_data_of_a_segment_before_the_last_are_corruption(
+    disk_dir: tuple[Disk, str],
+) -> None:
+    # Every segment but the last was cut back to its data (and synced) before the next one
+    # was made, so zeros there are damage, not preallocated space.
+    disk, directory = disk_dir
+    wal = WAL.create(disk, directory, segment_bytes=SMALL_SEGMENT_BYTES)
+    for index in range(1, 41):
+        wal.save(HardState(term=1, commit=index), entries(index, index))
+    wal.sync()
+    wal.close()
+    first = wal.segment_paths[0]
+    size = len(disk.read(first))
+    rewrite(disk, first, disk.read(first) + bytes(4096))
+    with pytest.raises(CorruptionError) as caught:
+        WAL.open(disk, directory, segment_bytes=SMALL_SEGMENT_BYTES)
+    assert caught.value.path == first and caught.value.offset == size
+
+
+def test_the_preallocated_length_stays_ahead_of_the_data_as_it_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(limits, "WAL_PREALLOCATE_BYTES", 4096)
+    directory = str(tmp_path / "wal")
+    wal = WAL.create(OsDisk(), directory, segment_bytes=PREALLOCATED_SEGMENT_BYTES)
+    path = wal.segment_paths[-1]
+    lengths = set()
+    for index in range(1, 201):
+        wal.save(HardState(term=1, commit=index), [Entry(term=1, index=index, data=b"v" * 100)])
+        data_end = scan_segment(Path(path).read_bytes(), is_last=True).valid_bytes
+        length = Path(path).stat().st_size
+        assert data_end < length <= data_end + 4096 + 200, (index, data_end, length)
+        lengths.add(length)
+    assert len(lengths) > 5  # it grew in steps, not per write
+    wal.sync()
+    _, replay = reopen(OsDisk(), directory, wal, segment_bytes=PREALLOCATED_SEGMENT_BYTES)
+    assert len(replay.entries) == 200

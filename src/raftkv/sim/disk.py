@@ -138,6 +138,11 @@ class SimFile:
         del inode.data[size:]
         inode.unsynced.append(_Truncate(size))
 
+    def preallocate(self, total_bytes: int) -> None:
+        # Not modelled: preallocated space reads as zeros past the data, which the WAL
+        # treats like any zero tail (tests/storage/test_wal.py covers it on real files).
+        self._check_usable()
+
     def close(self) -> None:
         self._closed = True
 

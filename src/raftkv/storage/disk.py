@@ -49,7 +49,13 @@ class DiskFile(Protocol):
         """Cut the file to size bytes (size <= current size); later writes append there."""
         ...
 
-    def close(self) -> None: ...
+    def preallocate(self, total_bytes: int) -> None:
+        """Reserve space up to total_bytes past the data (a hint: ``size`` is unchanged)."""
+        ...
+
+    def close(self) -> None:
+        """Release the file; space preallocated past the data is given back first."""
+        ...
 
 
 class Disk(Protocol):
@@ -101,20 +107,28 @@ def _disk_error(operation: str, path: str, exc: OSError) -> DiskError:
 # os.fdatasync is Linux-only; fsync is the portable (slower) equivalent.
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
-_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-_CREATE_FLAGS = _APPEND_FLAGS | os.O_CREAT | os.O_TRUNC
+# No O_APPEND: writes go to the end of the data, which is not the end of a preallocated file
+# (and Linux's pwrite ignores its offset on an O_APPEND descriptor).
+_WRITE_FLAGS = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+_CREATE_FLAGS = _WRITE_FLAGS | os.O_CREAT | os.O_TRUNC
 _FILE_MODE = 0o644
 
 
 class OsFile:
-    """A real file descriptor opened with O_APPEND."""
+    """A real file descriptor; writes append to the data.
+
+    With ``preallocate`` the file is longer than its data, zeros past it, so an append's
+    fdatasync has no file length to commit (on ext4 here, 84-95 us against 125-136 us;
+    docs/performance.md, change 9). ``close`` cuts the file back to its data.
+    """
 
     def __init__(self, path: str, fd: int, size: int) -> None:
         assert fd >= 0
         assert size >= 0
         self._path = path
         self._fd: int | None = fd
-        self._size = size
+        self._size = size  # the end of the data: where the next write goes
+        self._allocated_bytes = size  # the file's length
 
     @property
     def path(self) -> str:
@@ -134,13 +148,14 @@ class OsFile:
         try:
             # os.write may write less than asked (signals, some file systems).
             while view:
-                written = os.write(fd, view)
+                written = os.pwrite(fd, view, self._size + len(data) - len(view))
                 assert 0 < written <= len(view), written
                 view = view[written:]
         except OSError as exc:
             raise _disk_error("write", self._path, exc) from exc
         finally:
             self._size += len(data) - len(view)
+            self._allocated_bytes = max(self._allocated_bytes, self._size)
 
     def sync(self) -> None:
         try:
@@ -154,20 +169,46 @@ class OsFile:
             os.ftruncate(self._open_fd(), size)
         except OSError as exc:
             raise _disk_error("truncate", self._path, exc) from exc
-        self._size = size
+        self._size = self._allocated_bytes = size
+
+    def preallocate(self, total_bytes: int) -> None:
+        if total_bytes <= self._allocated_bytes:
+            return
+        fd = self._open_fd()
+        try:
+            os.posix_fallocate(fd, 0, total_bytes)
+        except OSError as exc:
+            # The length may have grown part way: learn it, so close still cuts it back.
+            self._allocated_bytes = max(self._allocated_bytes, _length(fd, self._path))
+            raise _disk_error("preallocate", self._path, exc) from exc
+        self._allocated_bytes = total_bytes
 
     def close(self) -> None:
         if self._fd is None:
             return
-        fd, self._fd = self._fd, None
         try:
-            os.close(fd)
-        except OSError as exc:
-            raise _disk_error("close", self._path, exc) from exc
+            if self._allocated_bytes > self._size:
+                # Synced, so a file closed here never reads longer than its data after a
+                # crash (the WAL relies on that for every segment but the last).
+                self.truncate(self._size)
+                self.sync()
+        finally:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError as exc:
+                raise _disk_error("close", self._path, exc) from exc
+
+
+def _length(fd: int, path: str) -> int:
+    try:
+        return os.fstat(fd).st_size
+    except OSError as exc:
+        raise _disk_error("stat", path, exc) from exc
 
 
 class OsDisk:
-    """Real files through ``os``: O_APPEND writes, fdatasync, os.replace, directory fsync."""
+    """Real files through ``os``: appends, fdatasync, os.replace, directory fsync."""
 
     def list_dir(self, directory: str) -> list[str]:
         try:
@@ -195,7 +236,7 @@ class OsDisk:
         return self._open(path, _CREATE_FLAGS, "create")
 
     def open_append(self, path: str) -> OsFile:
-        return self._open(path, _APPEND_FLAGS, "open")
+        return self._open(path, _WRITE_FLAGS, "open")
 
     def _open(self, path: str, flags: int, operation: str) -> OsFile:
         try:
@@ -203,10 +244,10 @@ class OsDisk:
         except OSError as exc:
             raise _disk_error(operation, path, exc) from exc
         try:
-            size = os.fstat(fd).st_size
-        except OSError as exc:
+            size = _length(fd, path)
+        except DiskError:
             os.close(fd)
-            raise _disk_error("stat", path, exc) from exc
+            raise
         return OsFile(path, fd, size)
 
     def rename(self, source: str, target: str) -> None:

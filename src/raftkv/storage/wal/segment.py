@@ -33,6 +33,8 @@ from raftkv.storage.wal.record import (
 SEGMENT_SUFFIX = ".wal"
 TEMP_SUFFIX = ".tmp"  # a segment being created; removed on open if a crash left one
 _SEGMENT_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
+_NONZERO = re.compile(rb"[^\x00]")
+_ZERO_SCAN_WINDOW_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -88,8 +90,27 @@ def scan_segment(
             continue
         if decoded.status is DecodeStatus.END:
             return SegmentScan(records, offset, "")
+        if is_last and _all_zeros(data, offset):
+            return SegmentScan(records, offset, "")  # preallocated space: the data ends here
         _check_damage_is_torn_tail(data, offset, decoded, is_last, max_payload_bytes)
         return SegmentScan(records, offset, decoded.detail)
+
+
+def _all_zeros(data: bytes, start: int) -> bool:
+    return data.count(0, start) == len(data) - start
+
+
+def _next_nonzero(data: bytes, start: int) -> int | None:
+    """Where the first non-zero byte at or after start is (None: zeros to the end). A
+    preallocated tail is tens of MB of zeros: bytes.count finds the window, a regex the
+    byte in it (a regex over the whole tail is ten times slower)."""
+    for window_start in range(start, len(data), _ZERO_SCAN_WINDOW_BYTES):
+        window_end = min(window_start + _ZERO_SCAN_WINDOW_BYTES, len(data))
+        if data.count(0, window_start, window_end) != window_end - window_start:
+            found = _NONZERO.search(data, window_start, window_end)
+            assert found is not None
+            return found.start()
+    return None
 
 
 def _check_damage_is_torn_tail(
@@ -115,10 +136,18 @@ def find_valid_record(data: bytes, start: int, max_payload_bytes: int) -> int | 
     """Offset of the first valid record at an aligned offset >= start, if any."""
     offset = start + (-start % RECORD_ALIGN_BYTES)
     while offset + HEADER_BYTES <= len(data):
-        # Zeros (a sector-padded tail, preallocation) are the common case: skip fast.
-        if data[offset : offset + HEADER_BYTES] != ZERO_HEADER:
-            decoded = decode_record(data, offset, max_payload_bytes)
-            if decoded.status is DecodeStatus.OK:
-                return offset
+        if data[offset : offset + HEADER_BYTES] == ZERO_HEADER:
+            # Zeros (a sector-padded tail, preallocated space) are the common case: jump to
+            # the first header that could hold the next non-zero byte, which may be the
+            # header's second 8 bytes.
+            nonzero = _next_nonzero(data, offset)
+            if nonzero is None:
+                return None
+            aligned = nonzero - nonzero % RECORD_ALIGN_BYTES
+            offset = max(offset + RECORD_ALIGN_BYTES, aligned - HEADER_BYTES + RECORD_ALIGN_BYTES)
+            continue
+        decoded = decode_record(data, offset, max_payload_bytes)
+        if decoded.status is DecodeStatus.OK:
+            return offset
         offset += RECORD_ALIGN_BYTES
     return None
