@@ -19,7 +19,7 @@ import pytest
 
 from raftkv import limits
 from raftkv.cli import main
-from raftkv.up import LAYOUT_FILE_NAME, plan_members, run_up
+from raftkv.up import LAYOUT_FILE_NAME, plan_members, run_up, signal_group
 from tests.procs import etcdctl
 
 READY_TIMEOUT_S = 60.0
@@ -246,3 +246,23 @@ def test_up_rejects_bad_arguments(argv: list[str]) -> None:
 def test_up_refuses_a_base_port_without_room(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["up", "--size", "3", "--base-port", "65530"]) == 2
     assert "leaves no room for 3 members" in capsys.readouterr().err
+
+
+def test_a_reaped_member_is_never_signalled_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Once a member is reaped its pid, which is also its process group's id, may be reused
+    # by an unrelated process group; killpg on it then would hit that group.
+    process = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    signalled: list[tuple[int, int]] = []
+    real_killpg = os.killpg
+
+    def recording_killpg(group: int, sig: int) -> None:
+        signalled.append((group, sig))
+        real_killpg(group, sig)
+
+    monkeypatch.setattr(os, "killpg", recording_killpg)
+    signal_group(process, signal.SIGKILL)
+    assert process.wait(timeout=10) == -signal.SIGKILL
+    assert signalled == [(process.pid, signal.SIGKILL)]
+    signal_group(process, signal.SIGKILL)
+    signal_group(process, signal.SIGTERM)
+    assert signalled == [(process.pid, signal.SIGKILL)]

@@ -514,20 +514,24 @@ def _stop_members(
     running = [processes[m.name] for m in members if m.name in processes]
     for process in running:
         if process.poll() is None:
-            _signal_group(process, signal.SIGTERM)
+            signal_group(process, signal.SIGTERM)
     deadline = time.monotonic() + limits.UP_STOP_GRACE_SECONDS
     killed = 0
     for process in running:
         try:
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
+            signal_group(process, signal.SIGKILL)
             process.wait()
             killed += 1
     suffix = f" ({killed} needed SIGKILL)" if killed else ""
     _say(out, f"raftkv up: stopped {len(running)} members{suffix}")
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with suppress(ProcessLookupError):  # already gone
+def signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal the process group a member was started in (``start_new_session``), unless the
+    member was reaped already: its pid, and so its group id, may be another's by then."""
+    if process.poll() is not None:
+        return
+    with suppress(ProcessLookupError):  # the group is gone already
         os.killpg(process.pid, sig)

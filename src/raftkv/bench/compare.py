@@ -49,6 +49,7 @@ from raftkv.bench.load import (
     run_bench,
 )
 from raftkv.bench.workloads import BenchSetupError, numbered_key
+from raftkv.up import signal_group
 from raftkv.verify.cluster import ClusterError, Flavor, ProcessCluster, etcd_binary
 
 FLAVORS: tuple[Flavor, Flavor] = ("etcd", "raftkv")
@@ -368,8 +369,7 @@ def restart_to_serving_s(cluster: ProcessCluster, key: bytes, value: bytes) -> f
     returns ``key`` (the data survived)."""
     for member in cluster.members:
         if member.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(member.process.pid, signal.SIGTERM)
+            signal_group(member.process, signal.SIGTERM)
     for index, member in enumerate(cluster.members):
         assert member.process is not None, member.name
         try:

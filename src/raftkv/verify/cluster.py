@@ -34,7 +34,7 @@ from typing import Literal, Protocol
 import grpc
 
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from raftkv.up import UpMember, member_serve_flags
+from raftkv.up import UpMember, member_serve_flags, signal_group
 
 Flavor = Literal["raftkv", "etcd"]
 
@@ -333,7 +333,7 @@ class ProcessCluster:
         """SIGKILL member ``index`` (its whole process group) and reap it."""
         member = self.members[index]
         if member.process is not None:
-            _signal_group(member.process, signal.SIGKILL)
+            signal_group(member.process, signal.SIGKILL)
             member.process.wait()
         member.state.paused = False
 
@@ -341,13 +341,13 @@ class ProcessCluster:
         """SIGSTOP member ``index``: it holds its sockets but answers nothing."""
         member = self.members[index]
         if member.process is not None and member.is_running():
-            _signal_group(member.process, signal.SIGSTOP)
+            signal_group(member.process, signal.SIGSTOP)
             member.state.paused = True
 
     def resume(self, index: int) -> None:
         member = self.members[index]
         if member.process is not None and member.paused:
-            _signal_group(member.process, signal.SIGCONT)
+            signal_group(member.process, signal.SIGCONT)
         member.state.paused = False
 
     def stop(self, index: int, timeout_s: float = STOP_TIMEOUT_S) -> int:
@@ -356,7 +356,7 @@ class ProcessCluster:
         assert process is not None, self.members[index].name
         self.resume(index)
         if process.poll() is None:
-            _signal_group(process, signal.SIGTERM)
+            signal_group(process, signal.SIGTERM)
         try:
             return process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -461,11 +461,6 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError as error:
         return f"(no log: {error})"
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with suppress(ProcessLookupError):  # the group is gone already
-        os.killpg(process.pid, sig)
 
 
 def etcdctl_command(endpoints: Sequence[str], timeout_s: float, *args: str) -> list[str]:
