@@ -146,7 +146,7 @@ class OsFile:
         fd = self._open_fd()
         view = memoryview(data)
         try:
-            # os.write may write less than asked (signals, some file systems).
+            # os.pwrite may write less than asked (signals, some file systems).
             while view:
                 written = os.pwrite(fd, view, self._size + len(data) - len(view))
                 assert 0 < written <= len(view), written

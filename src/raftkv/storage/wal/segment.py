@@ -102,7 +102,7 @@ def _all_zeros(data: bytes, start: int) -> bool:
 
 def _next_nonzero(data: bytes, start: int) -> int | None:
     """Where the first non-zero byte at or after start is (None: zeros to the end). A
-    preallocated tail is tens of MB of zeros: bytes.count finds the window, a regex the
+    preallocated tail is megabytes of zeros: bytes.count finds the window, a regex the
     byte in it (a regex over the whole tail is ten times slower)."""
     for window_start in range(start, len(data), _ZERO_SCAN_WINDOW_BYTES):
         window_end = min(window_start + _ZERO_SCAN_WINDOW_BYTES, len(data))
