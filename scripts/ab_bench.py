@@ -14,10 +14,11 @@ shared 2-core machine only figures from the same repetition compare well.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -63,29 +64,36 @@ WORKLOADS: dict[str, Callable[[Endpoints, float], BenchOptions]] = {
 }
 
 
-def run_build(source: Path, names: list[str], seconds: float) -> list[str]:
-    lines = []
+@contextlib.contextmanager
+def build_cluster(source: Path) -> Iterator[ProcessCluster]:
+    """A fresh 3-member cluster of the build in ``source``, with a leader; removed after."""
     with tempfile.TemporaryDirectory() as root:
         env = {"PYTHONPATH": str(source)}
         with ProcessCluster.start(
             Path(root), 3, heartbeat_interval=100, election_timeout=1000, env=env
         ) as cluster:
             cluster.wait_for_leader()
-            endpoints = tuple(cluster.endpoints())
-            for name in names:
-                options = replace(WORKLOADS[name](endpoints, seconds), quiet=True)
-                before = sum(members_cpu_s(cluster))
-                result = run_bench(options)
-                used_s = sum(members_cpu_s(cluster)) - before
-                op = result.headline_op
-                histogram = result.histograms[op]
-                lines.append(
-                    f"{source.parent.name:>10} {name:8} {result.ops_per_s(op):8,.0f}/s "
-                    f"p50 {histogram.percentile_ns(50.0) / 1e6:7.2f} ms "
-                    f"p99 {histogram.percentile_ns(99.0) / 1e6:7.2f} ms "
-                    f"server CPU/op {used_s / max(histogram.count, 1) * 1e6:6.0f} us "
-                    f"errors {sum(result.errors.values())}"
-                )
+            yield cluster
+
+
+def run_build(source: Path, names: list[str], seconds: float) -> list[str]:
+    lines = []
+    with build_cluster(source) as cluster:
+        endpoints = tuple(cluster.endpoints())
+        for name in names:
+            options = replace(WORKLOADS[name](endpoints, seconds), quiet=True)
+            before = sum(members_cpu_s(cluster))
+            result = run_bench(options)
+            used_s = sum(members_cpu_s(cluster)) - before
+            op = result.headline_op
+            histogram = result.histograms[op]
+            lines.append(
+                f"{source.parent.name:>10} {name:8} {result.ops_per_s(op):8,.0f}/s "
+                f"p50 {histogram.percentile_ns(50.0) / 1e6:7.2f} ms "
+                f"p99 {histogram.percentile_ns(99.0) / 1e6:7.2f} ms "
+                f"server CPU/op {used_s / max(histogram.count, 1) * 1e6:6.0f} us "
+                f"errors {sum(result.errors.values())}"
+            )
     return lines
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import re
-import tempfile
 import urllib.request
 from pathlib import Path
+
+from ab_bench import build_cluster  # scripts/ is on sys.path when run as a script
 
 from raftkv.bench.load import BenchOptions, run_bench
 from raftkv.verify.cluster import ProcessCluster
@@ -35,24 +36,19 @@ def fsync_totals(cluster: ProcessCluster) -> list[tuple[float, float]]:
 
 
 def run_build(source: Path, seconds: float) -> str:
-    with tempfile.TemporaryDirectory() as root:
-        env = {"PYTHONPATH": str(source)}
-        with ProcessCluster.start(
-            Path(root), 3, heartbeat_interval=100, election_timeout=1000, env=env
-        ) as cluster:
-            cluster.wait_for_leader()
-            options = BenchOptions(
-                tuple(cluster.endpoints()),
-                "put",
-                clients=1,
-                connections=1,
-                target_leader=True,
-                duration_s=seconds,
-                quiet=True,
-            )
-            before = fsync_totals(cluster)
-            result = run_bench(options)
-            after = fsync_totals(cluster)
+    with build_cluster(source) as cluster:
+        options = BenchOptions(
+            tuple(cluster.endpoints()),
+            "put",
+            clients=1,
+            connections=1,
+            target_leader=True,
+            duration_s=seconds,
+            quiet=True,
+        )
+        before = fsync_totals(cluster)
+        result = run_bench(options)
+        after = fsync_totals(cluster)
     p50_ms = result.histograms[result.headline_op].percentile_ns(50.0) / 1e6
     means_us = [
         round(1e6 * (a_sum - b_sum) / max(1.0, a_count - b_count))

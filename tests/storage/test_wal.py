@@ -325,6 +325,16 @@ def _record_offsets(disk: Disk, path: str) -> list[int]:
     return [scanned.offset for scanned in scan_segment(disk.read(path), is_last=True).records]
 
 
+def _closed_wal_of_many_segments(disk: Disk, directory: str) -> WAL:
+    """Entries 1..40, one save each, in SMALL_SEGMENT_BYTES segments; synced and closed."""
+    wal = WAL.create(disk, directory, segment_bytes=SMALL_SEGMENT_BYTES)
+    for index in range(1, 41):
+        wal.save(HardState(term=1, commit=index), entries(index, index))
+    wal.sync()
+    wal.close()
+    return wal
+
+
 @pytest.mark.parametrize("where", ["length", "type", "crc", "payload", "padding"])
 def test_flipped_byte_mid_segment_is_corruption_naming_file_and_offset(
     disk_dir: tuple[Disk, str], where: str
@@ -344,11 +354,7 @@ def test_flipped_byte_mid_segment_is_corruption_naming_file_and_offset(
 
 def test_corruption_in_a_non_last_segment_is_never_repaired(disk_dir: tuple[Disk, str]) -> None:
     disk, directory = disk_dir
-    wal = WAL.create(disk, directory, segment_bytes=SMALL_SEGMENT_BYTES)
-    for index in range(1, 41):
-        wal.save(HardState(term=1, commit=index), entries(index, index))
-    wal.sync()
-    wal.close()
+    wal = _closed_wal_of_many_segments(disk, directory)
     first = wal.segment_paths[0]
     last_offset = _record_offsets(disk, first)[-1]
     flip_byte(disk, first, last_offset + HEADER_BYTES)  # its final record
@@ -367,11 +373,7 @@ def test_corruption_in_a_non_last_segment_is_never_repaired(disk_dir: tuple[Disk
 
 def test_missing_middle_segment_is_corruption(disk_dir: tuple[Disk, str]) -> None:
     disk, directory = disk_dir
-    wal = WAL.create(disk, directory, segment_bytes=SMALL_SEGMENT_BYTES)
-    for index in range(1, 41):
-        wal.save(HardState(term=1, commit=index), entries(index, index))
-    wal.sync()
-    wal.close()
+    wal = _closed_wal_of_many_segments(disk, directory)
     disk.remove(wal.segment_paths[2])
     with pytest.raises(CorruptionError, match="missing"):
         WAL.open(disk, directory)
@@ -379,11 +381,7 @@ def test_missing_middle_segment_is_corruption(disk_dir: tuple[Disk, str]) -> Non
 
 def test_missing_oldest_segments_without_marker_is_corruption(disk_dir: tuple[Disk, str]) -> None:
     disk, directory = disk_dir
-    wal = WAL.create(disk, directory, segment_bytes=SMALL_SEGMENT_BYTES)
-    for index in range(1, 41):
-        wal.save(HardState(term=1, commit=index), entries(index, index))
-    wal.sync()
-    wal.close()
+    wal = _closed_wal_of_many_segments(disk, directory)
     disk.remove(wal.segment_paths[0])  # not covered by any snapshot marker
     with pytest.raises(CorruptionError, match="records are missing"):
         WAL.open(disk, directory)
@@ -565,11 +563,7 @@ def test_zeros_past_the_data_of_a_segment_before_the_last_are_corruption(
     # Every segment but the last was cut back to its data (and synced) before the next one
     # was made, so zeros there are damage, not preallocated space.
     disk, directory = disk_dir
-    wal = WAL.create(disk, directory, segment_bytes=SMALL_SEGMENT_BYTES)
-    for index in range(1, 41):
-        wal.save(HardState(term=1, commit=index), entries(index, index))
-    wal.sync()
-    wal.close()
+    wal = _closed_wal_of_many_segments(disk, directory)
     first = wal.segment_paths[0]
     size = len(disk.read(first))
     rewrite(disk, first, disk.read(first) + bytes(4096))
