@@ -631,3 +631,68 @@ def test_a_stale_read_deep_in_a_long_history_gets_a_three_op_witness() -> None:
     assert result.verdict is Verdict.VIOLATION
     assert [o.op_id for o in result.failing] == [1499, 1501, 1502], result.explanation
     assert "overwritten before the read was called" in result.explanation
+
+
+def _hints_by_definition(ops: Sequence[Operation]) -> list[str]:
+    """The register hints written as their definition reads: every op scanned for each
+    read and each writer (what the indexed version must agree with)."""
+    from raftkv.check import models
+
+    def overwriter(writer: Operation, read: Operation, key: object, value: object) -> bool:
+        if writer.return_ns is None:
+            return False
+        return any(
+            o.return_ns is not None
+            and models._writes_of(o, key)
+            and writer.return_ns < o.call_ns
+            and o.return_ns < read.call_ns
+            and all(v != value for v in models._writes_of(o, key))
+            for o in ops
+        )
+
+    hints = []
+    for read in ops:
+        for key, value in models._reads_of(read):
+            writers = [o for o in ops if o is not read and value in models._writes_of(o, key)]
+            if not writers:
+                if value is not models._ABSENT:
+                    hints.append(f"op {read.op_id} never written")
+            elif value is not models._ABSENT and all(
+                overwriter(w, read, key, value) for w in writers
+            ):
+                hints.append(f"op {read.op_id} overwritten")
+    return hints
+
+
+@st.composite
+def unique_value_histories(draw: st.DrawFn) -> list[Operation]:
+    """As raftkv verify writes: every put writes a value of its own; every get reads one
+    of the values written so far (or nothing), so some reads are of overwritten values."""
+    history: list[Operation] = []
+    written: list[int] = []
+    for op_id in range(draw(st.integers(1, 16))):
+        call_ns = draw(st.integers(0, 60))
+        return_ns = None if draw(st.integers(0, 9)) == 0 else call_ns + draw(st.integers(0, 6))
+        key = draw(st.sampled_from(KEYS))
+        if draw(st.booleans()):
+            written.append(op_id)
+            history.append(Operation(op_id, op_id, call_ns, return_ns, ("put", key, op_id), None))
+        else:
+            value = draw(st.sampled_from([None, *written])) if return_ns is not None else None
+            history.append(Operation(op_id, op_id, call_ns, return_ns, ("get", key), value))
+    return history
+
+
+def test_register_hints_match_their_definition_on_random_histories() -> None:
+    from raftkv.check import models
+
+    @settings(max_examples=400, deadline=None)
+    @given(unique_value_histories())
+    def run(history: list[Operation]) -> None:
+        got = [
+            f"op {h.split()[1]} {'never written' if 'no op in' in h else 'overwritten'}"
+            for h in models._register_hints(history)
+        ]
+        assert got == _hints_by_definition(history)
+
+    run()

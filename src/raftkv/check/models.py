@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from raftkv.check.history import Operation
@@ -184,12 +185,60 @@ def _reads_of(op: Operation) -> list[tuple[Hashable, object]]:
     return []
 
 
+@dataclass
+class _WriteIndex:
+    """Who wrote what, for the hints and witnesses: near-linear where a scan of the whole
+    history per read (and per writer) was cubic, minutes for a few thousand operations."""
+
+    writers_of: dict[tuple[Hashable, object], list[Operation]]
+    completed_writes: dict[Hashable, list[Operation]]  # per key, by call time
+    calls_of: dict[Hashable, list[int]]  # the call times of completed_writes
+
+    @classmethod
+    def of(cls, ops: Sequence[Operation]) -> _WriteIndex:
+        writers_of: dict[tuple[Hashable, object], list[Operation]] = {}
+        completed_writes: dict[Hashable, list[Operation]] = {}
+        for op in ops:
+            for key in _keys_touched(op):
+                values = _writes_of(op, key)
+                for value in values:
+                    writers_of.setdefault((key, value), []).append(op)
+                if values and op.return_ns is not None:
+                    completed_writes.setdefault(key, []).append(op)
+        calls_of: dict[Hashable, list[int]] = {}
+        for key, writes in completed_writes.items():
+            writes.sort(key=lambda o: o.call_ns)
+            calls_of[key] = [o.call_ns for o in writes]
+        return cls(writers_of, completed_writes, calls_of)
+
+    def writers(self, key: Hashable, value: object, besides: Operation) -> list[Operation]:
+        return [w for w in self.writers_of.get((key, value), []) if w is not besides]
+
+    def overwriter(
+        self, writer: Operation, read: Operation, key: Hashable, value: object
+    ) -> Operation | None:
+        """A completed write of another value to ``key``, called after ``writer`` returned
+        and returned before ``read`` was called: ``writer``'s value was surely gone."""
+        if writer.return_ns is None:
+            return None
+        writes = self.completed_writes.get(key, [])
+        start = bisect.bisect_right(self.calls_of.get(key, []), writer.return_ns)
+        for op in writes[start:]:
+            if op.call_ns >= read.call_ns:
+                break
+            assert op.return_ns is not None
+            if op.return_ns < read.call_ns and all(v != value for v in _writes_of(op, key)):
+                return op
+        return None
+
+
 def _register_hints(ops: Sequence[Operation]) -> list[str]:
     """Reads whose value was never written, or was certainly overwritten before the read."""
+    index = _WriteIndex.of(ops)
     hints: list[str] = []
     for read in ops:
         for key, value in _reads_of(read):
-            writers = [op for op in ops if op is not read and value in _writes_of(op, key)]
+            writers = index.writers(key, value, besides=read)
             if not writers:
                 if value is not _ABSENT:
                     hints.append(
@@ -197,7 +246,7 @@ def _register_hints(ops: Sequence[Operation]) -> list[str]:
                         f"but no op in the history writes {value!r} to {key!r}"
                     )
                 continue
-            overwritten = [_overwriter(w, read, key, value, ops) for w in writers]
+            overwritten = [index.overwriter(w, read, key, value) for w in writers]
             if all(later is not None for later in overwritten) and value is not _ABSENT:
                 pairs = ", ".join(
                     f"op {w.op_id} by op {later.op_id}"
@@ -214,59 +263,20 @@ def _register_hints(ops: Sequence[Operation]) -> list[str]:
 def _stale_read_witnesses(ops: Sequence[Operation]) -> list[list[Operation]]:
     """[writer(s), overwriter(s), read] for each read of a value every writer of which was
     surely overwritten before the read was called (values are unique per write, so nothing
-    else can explain the read). Near-linear: an overwriter is looked for only among the
-    writes called after the writer returned and before the read was called."""
-    writers_of: dict[tuple[Hashable, object], list[Operation]] = {}
-    completed_writes: dict[Hashable, list[Operation]] = {}
-    for op in ops:
-        for key in _keys_touched(op):
-            values = _writes_of(op, key)
-            for value in values:
-                writers_of.setdefault((key, value), []).append(op)
-            if values and op.return_ns is not None:
-                completed_writes.setdefault(key, []).append(op)
-    calls_of: dict[Hashable, list[int]] = {}
-    for key, writes in completed_writes.items():
-        writes.sort(key=lambda o: o.call_ns)
-        calls_of[key] = [o.call_ns for o in writes]
+    else can explain the read)."""
+    index = _WriteIndex.of(ops)
     witnesses: list[list[Operation]] = []
     for read in ops:
         for key, value in _reads_of(read):
-            writers = [w for w in writers_of.get((key, value), []) if w is not read]
+            writers = index.writers(key, value, besides=read)
             if value is _ABSENT or not writers:
                 continue
-            later = [
-                _overwriter_between(w, read, key, value, completed_writes, calls_of)
-                for w in writers
-            ]
+            later = [index.overwriter(w, read, key, value) for w in writers]
             if all(op is not None for op in later):
                 chosen = {id(op): op for op in [*writers, *later, read] if op is not None}
-                _add_observed_writers(chosen, writers_of)
+                _add_observed_writers(chosen, index.writers_of)
                 witnesses.append(sorted(chosen.values(), key=lambda o: (o.call_ns, o.op_id)))
     return sorted(witnesses, key=len)
-
-
-def _overwriter_between(
-    writer: Operation,
-    read: Operation,
-    key: Hashable,
-    value: object,
-    completed_writes: dict[Hashable, list[Operation]],
-    calls_of: dict[Hashable, list[int]],
-) -> Operation | None:
-    """A completed write of another value to ``key``, called after ``writer`` returned and
-    returned before ``read`` was called (the same rule as ``_overwriter``)."""
-    if writer.return_ns is None:
-        return None
-    writes = completed_writes.get(key, [])
-    start = bisect.bisect_right(calls_of.get(key, []), writer.return_ns)
-    for op in writes[start:]:
-        if op.call_ns >= read.call_ns:
-            break
-        assert op.return_ns is not None
-        if op.return_ns < read.call_ns and all(v != value for v in _writes_of(op, key)):
-            return op
-    return None
 
 
 def _add_observed_writers(
@@ -291,26 +301,6 @@ def _keys_touched(op: Operation) -> tuple[Hashable, ...]:
         return _keys_of(op.input)
     except ModelInputError:
         return ()
-
-
-def _overwriter(
-    writer: Operation, read: Operation, key: Hashable, value: object, ops: Sequence[Operation]
-) -> Operation | None:
-    """A completed op that surely wrote another value to ``key`` after ``writer``, before
-    ``read`` was called."""
-    if writer.return_ns is None:
-        return None
-    for op in ops:
-        values = _writes_of(op, key)
-        if (
-            op.return_ns is not None
-            and values
-            and writer.return_ns < op.call_ns
-            and op.return_ns < read.call_ns
-            and all(v != value for v in values)
-        ):
-            return op
-    return None
 
 
 def _register_observed_by(writer: Operation, reader: Operation) -> bool:
