@@ -73,6 +73,17 @@ def voters(cluster: RaftkvCluster) -> set[str]:
     return {str(m["name"]) for m in members(cluster) if not m.get("isLearner")}
 
 
+def named_voters(cluster: RaftkvCluster, expected: set[str]) -> set[str]:
+    """The voters once every one has a name: a started member publishes its name through
+    a proposal of its own shortly after it joins (until then, etcd lists it unnamed too)."""
+    deadline = time.monotonic() + PROMOTE_TIMEOUT_S
+    names = voters(cluster)
+    while names != expected and "" in names and time.monotonic() < deadline:
+        time.sleep(0.2)
+        names = voters(cluster)
+    return names
+
+
 def serializable_get(endpoint: str, key: str) -> str:
     return ok(etcdctl(endpoint, "get", key, "--consistency=s", "--print-value-only")).strip()
 
@@ -96,7 +107,7 @@ def test_growing_the_cluster_by_a_promoted_learner(cluster: RaftkvCluster) -> No
     everyone = {m.name: m.peer_url for m in cluster.members} | {"m4": planned.peer_url}
     index = cluster.add_member_process("m4", everyone, state="existing")
     promote_when_caught_up(voter_endpoints, learner_id)
-    assert voters(cluster) == {"m1", "m2", "m3", "m4"}
+    assert named_voters(cluster, {"m1", "m2", "m3", "m4"}) == {"m1", "m2", "m3", "m4"}
     ok(etcdctl(cluster, "put", "after-growth", "written"))
     endpoint = cluster.member(index).client_endpoint
     assert serializable_get(endpoint, "before-growth") == "kept"
@@ -124,7 +135,7 @@ def test_replacing_a_member_that_lost_its_data_under_the_same_url(
     member.state.command = [EXISTING_STATE_FLAG if f == NEW_STATE_FLAG else f for f in command]
     cluster.start_again(lost)
     promote_when_caught_up(survivors, learner_id)
-    assert voters(cluster) == {"m1", "m2", "m3"}
+    assert named_voters(cluster, {"m1", "m2", "m3"}) == {"m1", "m2", "m3"}
     ok(etcdctl(survivors, "put", "after-replacement", "written"))
     wait_for_value(member.client_endpoint, "after-replacement", "written")
     assert serializable_get(member.client_endpoint, "before-loss") == "kept"

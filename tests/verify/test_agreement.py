@@ -15,7 +15,7 @@ import pytest
 from raftkv.client import Client
 from raftkv.verify import runner
 from raftkv.verify.runner import members_disagree
-from tests.etcd_process import run_etcd
+from tests.etcd_process import free_port, run_etcd
 
 
 def _dirs(tmp_path: Path) -> tuple[Path, Path]:
@@ -72,5 +72,24 @@ def test_a_member_that_never_reaches_the_revision_is_reported(
             anomaly = await members_disagree([first.endpoint, second.endpoint], 3)
             assert anomaly is not None
             assert "applied only up to revision 2" in anomaly.explanation
+
+        asyncio.run(scenario())
+
+
+def test_a_member_not_yet_listening_is_reported_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full restart can leave a member still opening its port when the check starts:
+    it is asked again until MEMBER_CATCH_UP_S, then reported, and the run goes on."""
+    monkeypatch.setattr(runner, "MEMBER_CATCH_UP_S", 1.0)
+    a, _ = _dirs(tmp_path)
+    with run_etcd(a) as first:
+
+        async def scenario() -> None:
+            await _write(first.endpoint, [("v/r/0", "1")])
+            closed = f"127.0.0.1:{free_port()}"
+            anomaly = await members_disagree([first.endpoint, closed], 2)
+            assert anomaly is not None
+            assert f"{closed}: unreadable: " in anomaly.explanation
 
         asyncio.run(scenario())

@@ -549,12 +549,13 @@ async def members_disagree(endpoints: Sequence[str], revision: int) -> Anomaly |
 
 async def _member_state(endpoint: str, revision: int) -> list[tuple[str, str, int]] | str:
     """The keys under ``v/`` at ``revision`` on this member alone (serializable reads), or
-    why they could not be read within MEMBER_CATCH_UP_S."""
+    why they could not be read within MEMBER_CATCH_UP_S (a member the full restart left
+    still starting gets the whole time to open its port and catch up)."""
     deadline = time.monotonic() + MEMBER_CATCH_UP_S
     last_error = "no attempt"
-    async with Client([endpoint], timeout_s=RECOVERY_CLIENT_TIMEOUT_S) as client:
-        while time.monotonic() < deadline:
-            try:
+    while time.monotonic() < deadline:
+        try:
+            async with Client([endpoint], timeout_s=RECOVERY_CLIENT_TIMEOUT_S) as client:
                 current = await client.get(f"{PREFIX}recovery", serializable=True)
                 if current.header.revision >= revision:
                     result = await client.get_prefix(PREFIX, revision=revision, serializable=True)
@@ -562,9 +563,9 @@ async def _member_state(endpoint: str, revision: int) -> list[tuple[str, str, in
                         (kv.key.decode(), kv.value.decode(), kv.mod_revision) for kv in result.kvs
                     ]
                 last_error = f"applied only up to revision {current.header.revision}"
-            except (ClientError, TimeoutError) as error:
-                last_error = f"{type(error).__name__}: {error}"
-            await asyncio.sleep(0.1)
+        except (ClientError, TimeoutError) as error:
+            last_error = f"{type(error).__name__}: {error}"
+        await asyncio.sleep(0.1)
     return f"unreadable: {last_error}"
 
 
