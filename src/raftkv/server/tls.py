@@ -168,14 +168,17 @@ class TlsServer:
 
     def __init__(
         self,
-        on_connection: OnConnection,
+        on_connection: OnConnection | None,
         context: ssl.SSLContext,
         *,
         what: str,
         plaintext_reply: bytes,
         read_limit_bytes: int,
+        protocol_factory: Callable[[], asyncio.Protocol] | None = None,
     ) -> None:
+        assert (on_connection is None) != (protocol_factory is None), "streams or a protocol"
         self._on_connection = on_connection
+        self._protocol_factory = protocol_factory
         self._context = context
         self._what = what
         self._plaintext_reply = plaintext_reply
@@ -251,22 +254,39 @@ class TlsServer:
         task = asyncio.current_task()
         assert task is not None
         connection.setblocking(False)
+        if self._protocol_factory is not None:
+            # The protocol owns the connection once the handshake is done.
+            await self._handshake(connection, address, self._protocol_factory())
+            return
+        assert self._on_connection is not None
+        reader = asyncio.StreamReader(limit=self._read_limit_bytes)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport = await self._handshake(connection, address, protocol)
+        if transport is None:
+            return
+        self._handshakes.discard(task)  # from here on the callback owns the connection
+        writer = asyncio.StreamWriter(transport, protocol, reader, asyncio.get_running_loop())
+        await self._on_connection(reader, writer)
+
+    async def _handshake(
+        self, connection: socket.socket, address: tuple[str, int], protocol: asyncio.Protocol
+    ) -> asyncio.Transport | None:
+        """The TLS transport of an accepted connection, bound to ``protocol``, or None (it
+        is closed) if the remote end left, spoke plaintext or failed the handshake."""
+        loop = asyncio.get_running_loop()
         try:
-            streams = await self._handshake(connection, address)
+            return await self._handshake_within_bound(loop, connection, address, protocol)
         except BaseException:
             connection.close()
             raise
-        if streams is None:
-            return
-        self._handshakes.discard(task)  # from here on the callback owns the connection
-        await self._on_connection(*streams)
 
-    async def _handshake(
-        self, connection: socket.socket, address: tuple[str, int]
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        """The TLS streams of an accepted connection, or None (it is closed) if the remote
-        end left, spoke plaintext or failed the handshake."""
-        loop = asyncio.get_running_loop()
+    async def _handshake_within_bound(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        connection: socket.socket,
+        address: tuple[str, int],
+        protocol: asyncio.Protocol,
+    ) -> asyncio.Transport | None:
         try:
             async with asyncio.timeout(limits.TLS_HANDSHAKE_TIMEOUT_MS / 1000):
                 first_bytes = await _peek(loop, connection)
@@ -279,8 +299,6 @@ class TlsServer:
                     )
                     await self._refuse_plaintext(loop, connection)
                     return None
-                reader = asyncio.StreamReader(limit=self._read_limit_bytes)
-                protocol = asyncio.StreamReaderProtocol(reader)
                 transport, _ = await loop.connect_accepted_socket(
                     lambda: protocol,
                     connection,
@@ -294,7 +312,7 @@ class TlsServer:
             self._refusals.refused(self._what, address, f"TLS handshake failed: {reason}")
             connection.close()
             return None
-        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+        return transport
 
     async def _refuse_plaintext(
         self, loop: asyncio.AbstractEventLoop, connection: socket.socket
@@ -343,7 +361,7 @@ async def _readable(loop: asyncio.AbstractEventLoop, connection: socket.socket) 
 
 
 async def start_tls_server(
-    on_connection: OnConnection,
+    on_connection: OnConnection | None,
     host: str,
     port: int,
     context: ssl.SSLContext,
@@ -351,17 +369,20 @@ async def start_tls_server(
     what: str,
     plaintext_reply: bytes = b"",
     read_limit_bytes: int,
+    protocol_factory: Callable[[], asyncio.Protocol] | None = None,
 ) -> TlsServer:
     """Listen on ``host:port`` (port 0: a free port; see ``sockets``) and serve TLS.
 
-    ``what`` names the listener in log lines; ``plaintext_reply`` is sent to a client
-    that speaks plaintext before its connection is closed."""
+    Each connection goes to ``on_connection`` as streams, or to a protocol from
+    ``protocol_factory``. ``what`` names the listener in log lines; ``plaintext_reply`` is
+    sent to a client that speaks plaintext before its connection is closed."""
     server = TlsServer(
         on_connection,
         context,
         what=what,
         plaintext_reply=plaintext_reply,
         read_limit_bytes=read_limit_bytes,
+        protocol_factory=protocol_factory,
     )
     try:
         server.listen(host, port)
