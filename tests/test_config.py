@@ -497,3 +497,10 @@ def test_serve_hands_the_config_to_the_server(
     [config] = served
     assert (config.name, config.log_level, config.unsafe_no_fsync) == ("solo", "debug", True)
     assert "raftkv serve: warning: --unsafe-no-fsync" in capsys.readouterr().err
+
+
+def test_grpc_frontend_is_h2_by_default_and_grpcio_on_request() -> None:
+    assert load_config([], {}).grpc_frontend == "h2"
+    assert load_config(["--grpc-frontend", "grpcio"], {}).grpc_frontend == "grpcio"
+    assert load_config([], {"ETCD_GRPC_FRONTEND": "grpcio"}).grpc_frontend == "grpcio"
+    assert "grpc-frontend" in error_of(["--grpc-frontend", "tornado"])

@@ -345,7 +345,25 @@ WATCH_RESPONSE_MAX_BYTES = 1 * MIB
 # hub makes one event per change for all its watchers, and the API converts it once.
 WATCH_EVENT_CACHE_ENTRIES = 4096
 
+# The experimental HTTP/2 front end (api/h2/). Streams open at once on one connection
+# (beyond it a new stream is refused with REFUSED_STREAM); the receive windows it grants
+# per stream and per connection (so a client may have this much in flight unread); the
+# largest frame it accepts (HTTP/2's default, never raised in its SETTINGS) and the largest
+# header block (grpc-go's default metadata limit is 16 KiB).
+API_H2_MAX_CONCURRENT_STREAMS = 4096
+API_H2_STREAM_WINDOW_BYTES = 1 * MIB
+API_H2_CONNECTION_WINDOW_BYTES = 16 * MIB
+API_H2_MAX_FRAME_BYTES = 16 * KIB
+API_H2_MAX_HEADER_LIST_BYTES = 16 * KIB
+# Response bytes one streaming call may have queued unsent (waiting for the client's window
+# or the socket) before its writer waits: a slow watcher holds at most this much.
+API_H2_MAX_PENDING_BYTES_PER_CALL = 4 * MIB
+# How often a stopping server checks whether its connections have ended.
+API_H2_STOP_POLL_S = 0.01
+
 assert API_GRPC_MAX_SEND_MESSAGE_BYTES > MAX_REQUEST_BYTES + API_GRPC_OVERHEAD_BYTES
+assert API_H2_CONNECTION_WINDOW_BYTES >= API_H2_STREAM_WINDOW_BYTES >= API_H2_MAX_FRAME_BYTES
+assert API_H2_CONNECTION_WINDOW_BYTES < 2**31
 assert API_GRPC_MAX_SEND_MESSAGE_BYTES >= SNAPSHOT_CHUNK_BYTES + API_GRPC_OVERHEAD_BYTES
 assert WATCH_MAX_WATCHERS_PER_STREAM >= 1
 assert WATCH_CONTROL_QUEUE_MAX >= 1

@@ -21,6 +21,7 @@ import grpc.aio
 import pytest
 
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2_grpc
+from raftkv.api.options import GRPC_FRONTENDS
 from raftkv.api.server import ApiOptions, start_grpc_server_bound
 from tests.api.local_node import LocalNode
 
@@ -128,9 +129,10 @@ def start_api(tmp_path: Path, options: ApiOptions | None = None) -> ApiServer:
     return api
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[ApiServer]:
-    server = start_api(tmp_path)
+@pytest.fixture(params=GRPC_FRONTENDS)
+def api(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ApiServer]:
+    """The API on each gRPC front end: raftkv's own HTTP/2 server and grpcio's."""
+    server = start_api(tmp_path, ApiOptions(grpc_frontend=request.param))
     try:
         yield server
     finally:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from raftkv.bench.grpc_floor import run
 
 
-def test_the_floor_measures_every_workload_on_real_servers() -> None:
-    runs = run(duration_s=1.0, clients=4, conns=2, watch_responses=2_000)
+@pytest.mark.parametrize("server", ["grpcio", "h2"])
+def test_the_floor_measures_every_workload_on_real_servers(server: str) -> None:
+    runs = run(duration_s=1.0, clients=4, conns=2, watch_responses=2_000, server=server)
     assert [r.name.split(",")[0] for r in runs] == [
         "put",
         "serializable range",

@@ -1,20 +1,21 @@
 """The client-facing gRPC server: etcd's six v3 services over one ``NodeAPI``.
 
-``start_grpc_server`` builds a ``grpc.aio`` server with etcd's transport settings
-(receive limit = --max-request-bytes + 512 KiB, keepalive policy), adds the KV, Watch,
-Lease, Cluster, Maintenance and Auth services (plus whatever ``extra_servicers`` adds,
-e.g. Election and Lock), binds every address and starts it. The caller stops it
-(``await server.stop(grace)``).
+``start_grpc_server`` builds the front end ``ApiOptions.grpc_frontend`` names: raftkv's own
+HTTP/2 server (``api.h2``, the default) or grpcio's asyncio server, both with etcd's
+receive limit (--max-request-bytes + 512 KiB) and the same handler wrappers (metrics,
+undecodable requests). It adds the KV, Watch, Lease, Cluster, Maintenance and Auth
+services (plus whatever ``extra_servicers`` adds, e.g. Election and Lock), binds every
+address and starts it. The caller stops it (``await server.stop(grace)``).
 
-An address listed in ``credentials`` serves TLS (``grpc_server_credentials``: etcd's
-``--cert-file`` family, client certificates required as etcd requires them); the others
-serve plaintext.
+An address listed in ``tls_files`` serves TLS (etcd's ``--cert-file`` family, client
+certificates required as etcd requires them); the others serve plaintext.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -23,13 +24,15 @@ from raftkv import limits
 from raftkv.api.auth import AuthService
 from raftkv.api.cluster import ClusterService
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2_grpc
-from raftkv.api.grpc_metrics import GrpcMetricsInterceptor
+from raftkv.api.grpc_metrics import GrpcMetricsInterceptor, measure_handler
+from raftkv.api.h2.server import GrpcH2Server
 from raftkv.api.kv import KVService
 from raftkv.api.lease import LeaseService
 from raftkv.api.maintenance import MaintenanceService
 from raftkv.api.options import ApiOptions
-from raftkv.api.request_decoding import UndecodableRequestInterceptor
+from raftkv.api.request_decoding import UndecodableRequestInterceptor, guard_handler
 from raftkv.api.watch import WatchService
+from raftkv.server import tls
 from raftkv.server.interface import NodeAPI
 from raftkv.server.tls import TlsFiles, read_pem
 
@@ -50,7 +53,7 @@ KEEPALIVE_MIN_CLIENT_PING_INTERVAL_MS = 5 * 1000
 
 @dataclass(frozen=True)
 class BoundServer:
-    server: grpc.aio.Server
+    server: GrpcServer
     ports: list[int]  # the port each listen address got (port 0 picks a free one)
 
 
@@ -80,7 +83,7 @@ def grpc_server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
     )
 
 
-def add_services(server: grpc.aio.Server, node: NodeAPI, options: ApiOptions) -> None:
+def add_services(server: Any, node: NodeAPI, options: ApiOptions) -> None:
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(node, options), server)
     rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(node, options), server)
     rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(node), server)
@@ -89,15 +92,25 @@ def add_services(server: grpc.aio.Server, node: NodeAPI, options: ApiOptions) ->
     rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(node), server)
 
 
+class GrpcServer(Protocol):
+    """What the callers need of either front end."""
+
+    async def stop(self, grace: float | None) -> Any: ...
+
+
 async def start_grpc_server_bound(
     node: NodeAPI,
     listen_addresses: list[str],
     options: ApiOptions,
-    extra_servicers: Callable[[grpc.aio.Server], None] | None = None,
-    credentials: Mapping[str, grpc.ServerCredentials] | None = None,
+    extra_servicers: Callable[[Any], None] | None = None,
+    tls_files: Mapping[str, TlsFiles] | None = None,
 ) -> BoundServer:
     """Like ``start_grpc_server``, and says which port each address got."""
     assert listen_addresses, "the gRPC server needs at least one listen address"
+    secure = tls_files or {}
+    assert set(secure) <= set(listen_addresses), "TLS for an address not listened on"
+    if options.grpc_frontend == "h2":
+        return await _start_h2(node, listen_addresses, options, extra_servicers, secure)
     server = grpc.aio.server(
         options=server_options(options),
         maximum_concurrent_rpcs=limits.API_MAX_CONCURRENT_RPCS,
@@ -107,10 +120,8 @@ async def start_grpc_server_bound(
     add_services(server, node, options)
     if extra_servicers is not None:
         extra_servicers(server)
-    secure = credentials or {}
-    assert set(secure) <= set(listen_addresses), "credentials for an address not listened on"
     ports = [
-        server.add_secure_port(address, secure[address])
+        server.add_secure_port(address, grpc_server_credentials(secure[address]))
         if address in secure
         else server.add_insecure_port(address)
         for address in listen_addresses
@@ -119,16 +130,43 @@ async def start_grpc_server_bound(
     return BoundServer(server, ports)
 
 
+async def _start_h2(
+    node: NodeAPI,
+    listen_addresses: list[str],
+    options: ApiOptions,
+    extra_servicers: Callable[[Any], None] | None,
+    secure: Mapping[str, TlsFiles],
+) -> BoundServer:
+    server = GrpcH2Server(
+        max_receive_message_bytes=options.max_receive_message_bytes,
+        # The same wrappers, in the same order, as the grpcio server's interceptors.
+        wrappers=[measure_handler, lambda _path, handler: guard_handler(handler)],
+    )
+    add_services(server, node, options)
+    if extra_servicers is not None:
+        extra_servicers(server)
+    ports = []
+    try:
+        for address in listen_addresses:
+            host, port = address.rsplit(":", 1)
+            context = tls.server_context(secure[address]) if address in secure else None
+            ports.append(await server.start(host, int(port), context))
+    except BaseException:
+        await server.stop(0)
+        raise
+    return BoundServer(server, ports)
+
+
 async def start_grpc_server(
     node: NodeAPI,
     listen_addresses: list[str],
     options: ApiOptions,
-    extra_servicers: Callable[[grpc.aio.Server], None] | None = None,
-    credentials: Mapping[str, grpc.ServerCredentials] | None = None,
-) -> grpc.aio.Server:
+    extra_servicers: Callable[[Any], None] | None = None,
+    tls_files: Mapping[str, TlsFiles] | None = None,
+) -> GrpcServer:
     """Serve etcd's v3 API for ``node`` on every "host:port" of ``listen_addresses``
-    (TLS on those with ``credentials``)."""
+    (TLS on those in ``tls_files``)."""
     bound = await start_grpc_server_bound(
-        node, listen_addresses, options, extra_servicers, credentials
+        node, listen_addresses, options, extra_servicers, tls_files
     )
     return bound.server

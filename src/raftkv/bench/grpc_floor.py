@@ -1,7 +1,12 @@
-"""The floor a Python gRPC server stands on: grpcio's asyncio server answering etcd's KV
-calls with no consensus, no storage and no checks.
+"""The floor a Python gRPC server stands on: a bare server answering etcd's KV calls with no
+consensus, no storage and no checks.
 
-    python -m raftkv.bench.grpc_floor [--duration 10] [--clients 1000] [--conns 100]
+    python -m raftkv.bench.grpc_floor [--server grpcio|h2] [--duration 10] [--clients 1000]
+        [--conns 100]
+
+``--server grpcio`` (the default) is grpcio's asyncio server; ``--server h2`` is raftkv's own
+HTTP/2 front end (``raftkv.api.h2``, a member's default) hosting the same servicers, on uvloop
+as a member runs it.
 
 Starts three such servers (one process each, as a 3-member cluster has three gRPC front
 ends) and runs ``raftkv bench`` against them with the settings ``raftkv bench --compare``
@@ -28,9 +33,11 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from raftkv import limits
 from raftkv.api.etcdpb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from raftkv.api.etcdpb.mvccpb import kv_pb2
-from raftkv.bench.load import BenchOptions, run_bench
+from raftkv.api.h2.server import GrpcH2Server
+from raftkv.bench.load import BenchOptions, run_bench, run_loop
 from raftkv.verify.cluster import LOOPBACK, free_ports
 
 SERVERS = 3
@@ -38,6 +45,10 @@ VALUE = b"v" * 256
 START_TIMEOUT_S = 10.0
 WATCH_STREAMS = 10
 WATCH_RESPONSES = 200_000
+SERVER_TITLES = {
+    "grpcio": "3 bare grpcio asyncio servers",
+    "h2": "3 bare raftkv.api.h2 servers on uvloop",
+}
 _HEADER = rpc_pb2.ResponseHeader(cluster_id=1, member_id=1, revision=1, raft_term=1)
 
 
@@ -79,6 +90,14 @@ class FloorWatch(rpc_pb2_grpc.WatchServicer):
         async for request in request_iterator:
             for number in range(request.create_request.start_revision):
                 yield rpc_pb2.WatchResponse(header=_HEADER, watch_id=number, events=[event])
+
+
+async def serve_h2(port: int) -> None:
+    server = GrpcH2Server(max_receive_message_bytes=limits.MAX_REQUEST_BYTES)
+    rpc_pb2_grpc.add_KVServicer_to_server(FloorKV(), server)  # type: ignore[arg-type]
+    rpc_pb2_grpc.add_WatchServicer_to_server(FloorWatch(), server)  # type: ignore[arg-type]
+    await server.start(LOOPBACK, port)
+    await asyncio.Event().wait()
 
 
 async def serve(port: int) -> None:
@@ -169,10 +188,14 @@ def measure_watch_stream(endpoint: str, pid: int, streams: int, responses: int) 
 
 
 def run(
-    duration_s: float, clients: int, conns: int, watch_responses: int = WATCH_RESPONSES
+    duration_s: float,
+    clients: int,
+    conns: int,
+    watch_responses: int = WATCH_RESPONSES,
+    server: str = "grpcio",
 ) -> list[FloorRun]:
     ports = free_ports(SERVERS)
-    command = [sys.executable, "-m", "raftkv.bench.grpc_floor", "--serve"]
+    command = [sys.executable, "-m", "raftkv.bench.grpc_floor", "--server", server, "--serve"]
     servers = [subprocess.Popen([*command, str(port)]) for port in ports]
     try:
         for port in ports:
@@ -187,7 +210,7 @@ def run(
             duration_s=duration_s,
             quiet=True,
         )
-        return [
+        runs = [
             measure(busy, f"put, {clients} clients / {conns} conns", pids),
             measure(
                 BenchOptions(
@@ -217,28 +240,31 @@ def run(
             ),
             measure_watch_stream(endpoints[0], pids[0], WATCH_STREAMS, watch_responses),
         ]
+        return runs
     finally:
-        for server in servers:
-            server.kill()
-            server.wait()
+        for process in servers:
+            process.kill()
+            process.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--server", choices=("grpcio", "h2"), default="grpcio")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--conns", type=int, default=100)
     args = parser.parse_args()
     if args.serve is not None:
-        asyncio.run(serve(args.serve))
+        if args.server == "h2":
+            run_loop(serve_h2(args.serve))
+        else:
+            asyncio.run(serve(args.serve))
         return
-    print(
-        "| Workload (3 bare grpcio asyncio servers) | requests/s | p50 ms | server cores "
-        "| server CPU per request |"
-    )
+    title = SERVER_TITLES[args.server]
+    print(f"| Workload ({title}) | requests/s | p50 ms | server cores | server CPU per request |")
     print("|---|---:|---:|---:|---:|")
-    for floor in run(args.duration, args.clients, args.conns):
+    for floor in run(args.duration, args.clients, args.conns, server=args.server):
         print(
             f"| {floor.name} | {floor.ops_per_s:,.0f} | "
             f"{'—' if math.isnan(floor.p50_ms) else f'{floor.p50_ms:.2f}'} | "

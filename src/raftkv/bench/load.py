@@ -289,12 +289,12 @@ def worker_main(
 ) -> None:
     """Entry point of a worker process (spawned): run, and report even a crash."""
     try:
-        _run_loop(_worker(plan, events, go, control))
+        run_loop(_worker(plan, events, go, control))
     except BaseException:
         events.put(("failed", plan.index, traceback.format_exc()))
 
 
-def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """uvloop where it is installed (as the server uses it): less loop overhead per RPC."""
     try:
         import uvloop

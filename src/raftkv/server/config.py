@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from raftkv import limits
+from raftkv.api.options import GRPC_FRONTENDS
 from raftkv.server.logs import LOG_FORMATS, LogFormat
 from raftkv.server.tls import TlsFiles, TlsFilesError, check_files, read_pem
 
@@ -108,6 +109,8 @@ class ServerConfig:
     bcrypt_cost: int = limits.AUTH_BCRYPT_COST_DEFAULT
     enable_grpc_gateway: bool = True
     initial_election_tick_advance: bool = True
+    # raftkv's own flag: which gRPC server answers clients (api/h2 or grpcio's).
+    grpc_frontend: str = "h2"
     # TLS on the client URLs (gRPC and the JSON gateway) that use https, and on the peer
     # URLs that use https; None without the flags.
     client_tls: TlsFiles | None = None
@@ -246,6 +249,13 @@ _OPTIONS: tuple[_Option, ...] = (
         is_bool=True,
     ),
     _Option("enable-grpc-gateway", "true", "BOOL", "enable the JSON gateway", is_bool=True),
+    _Option(
+        "grpc-frontend",
+        "h2",
+        "h2|grpcio",
+        "the gRPC server clients talk to: raftkv's own HTTP/2 server (h2), or grpcio's "
+        "asyncio server (raftkv's flag, not etcd's)",
+    ),
     _Option(
         "initial-election-tick-advance",
         "true",
@@ -573,6 +583,7 @@ def _build(settings: _Settings, warnings: list[str]) -> ServerConfig:
         ),
         enable_grpc_gateway=_parse_bool(settings, "enable-grpc-gateway"),
         initial_election_tick_advance=_parse_bool(settings, "initial-election-tick-advance"),
+        grpc_frontend=_parse_choice(settings, "grpc-frontend", GRPC_FRONTENDS),
         client_tls=_parse_tls(settings, ""),
         peer_tls=_parse_tls(settings, "peer-"),
     )

@@ -18,16 +18,16 @@ import logging
 import signal
 from typing import TYPE_CHECKING, Protocol
 
-import grpc
-
 from raftkv.server import metrics, tls
 from raftkv.server.config import ServerConfig, is_tls_url, url_address
 from raftkv.server.logs import configure_logging
 from raftkv.server.node import Node
+from raftkv.server.tls import TlsFiles
 
 if TYPE_CHECKING:
     from raftkv.api.gateway import Gateway
     from raftkv.api.monitoring import MonitoringServer
+    from raftkv.api.server import GrpcServer
 
 log = logging.getLogger("raftkv.serve")
 
@@ -60,15 +60,12 @@ def _addresses(urls: tuple[str, ...] | list[str]) -> list[str]:
     return [url.split("://", 1)[-1].rstrip("/") for url in urls]
 
 
-def _grpc_credentials(config: ServerConfig) -> dict[str, grpc.ServerCredentials]:
-    from raftkv.api.server import grpc_server_credentials
-
+def _grpc_tls(config: ServerConfig) -> dict[str, TlsFiles]:
     files = config.client_tls
     tls_urls = [url for url in config.listen_client_urls if is_tls_url(url)]
     if files is None or not tls_urls:
         return {}
-    credentials = grpc_server_credentials(files)
-    return {url_address(url): credentials for url in tls_urls}
+    return {url_address(url): files for url in tls_urls}
 
 
 async def _start_gateway(config: ServerConfig) -> Gateway:
@@ -119,7 +116,7 @@ class _Listener(Protocol):
 
 
 class _GrpcListener:
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: GrpcServer) -> None:
         self._server = server
 
     async def close(self) -> None:
@@ -131,14 +128,18 @@ async def _start_listeners(config: ServerConfig, node: Node, listeners: list[_Li
     from raftkv.api.election import add_election_and_lock
     from raftkv.api.server import ApiOptions, start_grpc_server
 
-    options = ApiOptions(max_request_bytes=config.max_request_bytes, max_txn_ops=config.max_txn_ops)
+    options = ApiOptions(
+        max_request_bytes=config.max_request_bytes,
+        max_txn_ops=config.max_txn_ops,
+        grpc_frontend=config.grpc_frontend,
+    )
     extra = functools.partial(add_election_and_lock, node=node)
     grpc_server = await start_grpc_server(
         node,
         _addresses(config.listen_client_urls),
         options,
         extra_servicers=extra,
-        credentials=_grpc_credentials(config),
+        tls_files=_grpc_tls(config),
     )
     listeners.append(_GrpcListener(grpc_server))
     gateway = None
