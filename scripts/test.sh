@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 ruff check src tests
 mypy
 # Two workers: CI machines have two cores, and the simulator and crash tests are CPU-bound.
-python -m pytest -n 2
+# The slowest tests are listed, so a slow CI run shows where its time went.
+python -m pytest -n 2 --durations=25
