@@ -614,6 +614,8 @@ class _Connection(asyncio.Protocol):
             self.flush_soon()
 
     def queue_message(self, call: _Call, message: Any) -> None:
+        if call.closed or call.trailers is not None:
+            return  # reset by the client or already ended: nothing more goes on the stream
         serialize = call.handler.response_serializer if call.handler else None
         data: bytes = message if serialize is None else serialize(message)
         if len(data) > self.server.max_send_message_bytes:
