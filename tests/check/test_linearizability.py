@@ -696,3 +696,20 @@ def test_register_hints_match_their_definition_on_random_histories() -> None:
         assert got == _hints_by_definition(history)
 
     run()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_tokens_meet_exactly_when_observed_by_says_so(name: str) -> None:
+    """The shrinker counts tokens instead of asking observed_by of every pair: the two must
+    agree on every pair."""
+    model, _, inputs = MODELS[name]
+
+    @settings(max_examples=150, deadline=None)
+    @given(random_histories(inputs, max_ops=8))
+    def run(history: list[Operation]) -> None:
+        for writer in history:
+            for reader in history:
+                meet = bool(model.tokens(writer).written & model.tokens(reader).observed)
+                assert model.observed_by(writer, reader) == (writer is not reader and meet)
+
+    run()

@@ -56,6 +56,12 @@ class Model(Protocol):
         """
         ...
 
+    def tokens(self, op: Operation) -> Tokens:
+        """What ``op`` may leave for others to read, and what it read: ``observed_by(w, r)``
+        is ``w is not r`` and the two sets meeting, which lets the shrinker count instead of
+        asking every pair."""
+        ...
+
     def hints(self, ops: Sequence[Operation]) -> list[str]:
         """Plain reasons, if the model can see any, why these ops have no linearization."""
         ...
@@ -65,6 +71,12 @@ class Model(Protocol):
         did (a read of a value every write of which was overwritten before the read was
         called). The checker prefers them to shrinking a long history."""
         ...
+
+
+@dataclass(frozen=True)
+class Tokens:
+    written: frozenset[Hashable]
+    observed: frozenset[Hashable]
 
 
 class ModelInputError(ValueError):
@@ -310,6 +322,17 @@ def _register_observed_by(writer: Operation, reader: Operation) -> bool:
     )
 
 
+def _register_tokens(op: Operation) -> Tokens:
+    written = {
+        (key, value)
+        for key in _keys_touched(op)
+        for value in _writes_of(op, key)
+        if value is not _ABSENT
+    }
+    observed = {(key, value) for key, value in _reads_of(op) if value is not _ABSENT}
+    return Tokens(frozenset(written), frozenset(observed))
+
+
 class RegisterModel:
     """One register per key: get, put, cas, delete.
 
@@ -342,6 +365,9 @@ class RegisterModel:
 
     def observed_by(self, writer: Operation, reader: Operation) -> bool:
         return _register_observed_by(writer, reader)
+
+    def tokens(self, op: Operation) -> Tokens:
+        return _register_tokens(op)
 
     def hints(self, ops: Sequence[Operation]) -> list[str]:
         return _register_hints(ops)
@@ -410,6 +436,9 @@ class KVTxnModel:
     def observed_by(self, writer: Operation, reader: Operation) -> bool:
         return _register_observed_by(writer, reader)
 
+    def tokens(self, op: Operation) -> Tokens:
+        return _register_tokens(op)
+
     def hints(self, ops: Sequence[Operation]) -> list[str]:
         return _register_hints(ops) + _torn_txn_hints(ops)
 
@@ -477,6 +506,17 @@ class ListAppendModel:
             return False
         assert isinstance(writer.input, tuple) and isinstance(reader.output, tuple)
         return writer.input[1] == reader.input[1] and writer.input[2] in reader.output  # type: ignore[index]
+
+    def tokens(self, op: Operation) -> Tokens:
+        written: frozenset[Hashable] = frozenset()
+        observed: frozenset[Hashable] = frozenset()
+        if _is(op, "append"):
+            assert isinstance(op.input, tuple)
+            written = frozenset({(op.input[1], op.input[2])})
+        elif _is(op, "read") and op.known and isinstance(op.output, tuple):
+            assert isinstance(op.input, tuple)
+            observed = frozenset((op.input[1], element) for element in op.output)
+        return Tokens(written, observed)
 
     def hints(self, ops: Sequence[Operation]) -> list[str]:
         appended = {op.input[2] for op in ops if _is(op, "append")}  # type: ignore[index]
