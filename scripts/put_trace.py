@@ -124,13 +124,9 @@ def run_puts(root: Path, source: Path, puts: int, gap_s: float) -> list[tuple[in
         root / "cluster", 3, heartbeat_interval=100, election_timeout=1000, env=env
     ) as cluster:
         cluster.wait_for_leader()
-        time.sleep(1.0)
-        leader = next(
-            endpoint
-            for endpoint in cluster.endpoints()
-            if _is_leader(endpoint.removeprefix("http://"))
-        )
-        with grpc.insecure_channel(leader.removeprefix("http://")) as channel:
+        time.sleep(1.0)  # the election settled: ask again, the leader may have moved
+        leader = cluster.members[cluster.wait_for_leader()].client_endpoint
+        with grpc.insecure_channel(leader) as channel:
             kv = rpc_pb2_grpc.KVStub(channel)
             for number in range(WARM_UP_PUTS):
                 kv.Put(rpc_pb2.PutRequest(key=b"warm%d" % number, value=b"x" * 256))
@@ -142,11 +138,6 @@ def run_puts(root: Path, source: Path, puts: int, gap_s: float) -> list[tuple[in
                 marks.append((sent_ns, time.monotonic_ns()))
         return marks
 
-
-def _is_leader(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        status = rpc_pb2_grpc.MaintenanceStub(channel).Status(rpc_pb2.StatusRequest(), timeout=5)
-    return bool(status.leader == status.header.member_id)
 
 
 def timeline(trace_dir: Path, marks: list[tuple[int, int]]) -> list[str]:

@@ -252,9 +252,8 @@ class _Call:
             self.window_owed_bytes = 0
 
     def wake_reader(self) -> None:
-        reader, self.reader = self.reader, None
-        if reader is not None and not reader.done():
-            reader.set_result(None)
+        _wake(self.reader)
+        self.reader = None
 
     async def requests(self, deserialize: Callable[[bytes], Any]) -> AsyncIterator[Any]:
         """The request stream of a client- or bidi-streaming call."""
@@ -293,9 +292,8 @@ class _Call:
             await self.writer
 
     def wake_writer(self) -> None:
-        writer, self.writer = self.writer, None
-        if writer is not None and not writer.done():
-            writer.set_result(None)
+        _wake(self.writer)
+        self.writer = None
 
 
 class _Connection(asyncio.Protocol):
@@ -763,6 +761,11 @@ class _Connection(asyncio.Protocol):
             self._cancel(call)
         if self.transport is not None:
             self.transport.abort()
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _identity(data: bytes) -> bytes:
