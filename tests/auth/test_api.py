@@ -399,7 +399,7 @@ class FakeContext:
         return self._metadata
 
 
-def test_a_read_checked_before_an_auth_change_is_refused_after_it(
+def test_a_read_checked_before_an_auth_change_is_checked_again_after_it(
     api: AuthApiServer, secured: tuple[Metadata, Metadata]
 ) -> None:
     root, alice = secured
@@ -422,7 +422,16 @@ def test_a_read_checked_before_an_auth_change_is_refused_after_it(
 
     api.run(finish_read)  # nothing changed: the answer stands
     api.auth.RoleAdd(rpc_pb2.AuthRoleAddRequest(name="unrelated"), metadata=root)
-    with pytest.raises(errors.AuthOldRevisionError):
-        api.run(finish_read)
+    api.run(finish_read)  # still permitted under the store the answer was read from
     # a write was checked when applied
     api.run(lambda: authz.finish(node, write_call, context, authz.Policy.TXN, write))
+    api.auth.RoleRevokePermission(
+        rpc_pb2.AuthRoleRevokePermissionRequest(role="r1", key=b"/a"), metadata=root
+    )
+    with pytest.raises(errors.PermissionDeniedError):
+        api.run(finish_read)
+    api.auth.UserChangePassword(
+        rpc_pb2.AuthUserChangePasswordRequest(name="alice", password="n3w"), metadata=root
+    )
+    with pytest.raises(errors.InvalidAuthTokenError):
+        api.run(finish_read)
