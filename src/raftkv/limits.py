@@ -360,6 +360,16 @@ API_H2_MAX_HEADER_LIST_BYTES = 16 * KIB
 API_H2_MAX_PENDING_BYTES_PER_CALL = 4 * MIB
 # How often a stopping server checks whether its connections have ended.
 API_H2_STOP_POLL_S = 0.01
+# Header blocks a connection's decoder remembers (while its HPACK table is unchanged) with
+# the request head parsed from them, and the largest block it remembers: a repeating
+# client's blocks are tens of bytes, so this holds at most 64 KiB per connection.
+API_H2_MAX_CACHED_HEADER_BLOCKS = 64
+API_H2_MAX_CACHED_HEADER_BLOCK_BYTES = 1 * KIB
+# Calls' grpc-timeout deadlines share one timer, in buckets this wide (a deadline fires at
+# most this late); deadlines further off than the horizon are re-filed when it passes, so
+# there are at most horizon / width buckets.
+API_H2_DEADLINE_BUCKET_S = 0.01
+API_H2_DEADLINE_HORIZON_S = 60.0
 
 assert API_GRPC_MAX_SEND_MESSAGE_BYTES > MAX_REQUEST_BYTES + API_GRPC_OVERHEAD_BYTES
 assert API_H2_CONNECTION_WINDOW_BYTES >= API_H2_STREAM_WINDOW_BYTES >= API_H2_MAX_FRAME_BYTES
@@ -379,6 +389,10 @@ SERVER_MAX_APPLY_BACKLOG_ENTRIES = 5000
 # one member; beyond either, requests are refused with "too many requests" (never proposed).
 SERVER_MAX_PENDING_PROPOSALS = 64 * KIB
 SERVER_MAX_PENDING_READS = 64 * KIB
+# The queue that times those two out (server/timeouts.py) keeps answered entries behind an
+# unanswered one at its front; it drops them all when it reaches this length (or twice its
+# length after the last drop), so it holds at most about twice what is really pending.
+SERVER_TIMEOUT_QUEUE_COMPACT_LENGTH = 1 * KIB
 # Queued proposals handed to Raft in one propose_batch call.
 SERVER_MAX_PROPOSALS_PER_BATCH = 1024
 # Learners a cluster may have at once (etcd's default --max-learners).

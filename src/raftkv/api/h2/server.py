@@ -8,7 +8,8 @@ iteration, costs a fifth of that.
 It hosts grpc method handlers, as registered by the generated ``add_*Servicer_to_server``
 (``add_registered_method_handlers``), of all four kinds, each call in its own task:
 
-* requests: HPACK through the ``hpack`` package; ``grpc-timeout`` deadlines; RST_STREAM
+* requests: HPACK with repeated header blocks remembered (``hpack_decoder``);
+  ``grpc-timeout`` deadlines, all on one timer (``deadlines``); RST_STREAM
   cancels the call's task; a message over the limit is refused as grpc-go refuses it;
 * flow control both ways: what a call has buffered unread bounds the window it gets back,
   and a streaming call's writer waits while its unsent bytes or the socket are backed up;
@@ -24,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import inspect
 import socket
 import ssl
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -37,7 +39,9 @@ import hpack
 
 from raftkv import limits
 from raftkv.api.h2 import frames
+from raftkv.api.h2.deadlines import DeadlineBuckets
 from raftkv.api.h2.frames import ErrorCode, Flag, FrameType, H2ConnectionError, Setting
+from raftkv.api.h2.hpack_decoder import Header, HpackDecoder
 from raftkv.server.tls import TlsServer, start_tls_server
 
 Handler = Any  # grpc.RpcMethodHandler: the stubs make it generic, the runtime class is not
@@ -100,7 +104,8 @@ class Context:
 
     def time_remaining(self) -> float | None:
         deadline_s = self._call.deadline_s
-        return None if deadline_s is None else max(0.0, deadline_s - time.monotonic())
+        now_s = asyncio.get_running_loop().time()
+        return None if deadline_s is None else max(0.0, deadline_s - now_s)
 
     def cancelled(self) -> bool:
         return self._call.cancelled
@@ -127,6 +132,9 @@ class GrpcH2Server:
         self._handlers: dict[str, Handler] = {}
         self._servers: list[asyncio.Server | TlsServer] = []
         self._connections: set[_Connection] = set()
+        self.deadlines: DeadlineBuckets[_Call] = DeadlineBuckets(
+            _deadline_passed, limits.API_H2_DEADLINE_BUCKET_S, limits.API_H2_DEADLINE_HORIZON_S
+        )
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
         for method, handler in handlers.items():
@@ -186,6 +194,7 @@ class GrpcH2Server:
             await asyncio.sleep(limits.API_H2_STOP_POLL_S)
         for connection in list(self._connections):
             connection.abort()
+        self.deadlines.cancel_timer()
         for server in self._servers:
             await server.wait_closed()
 
@@ -213,8 +222,8 @@ class _Call:
         self.writer: asyncio.Future[None] | None = None
         self.send_window_bytes = send_window_bytes
         self.task: asyncio.Task[None] | None = None
-        self.deadline: asyncio.TimerHandle | None = None
-        self.deadline_s: float | None = None
+        self.deadline_s: float | None = None  # on the loop's clock
+        self.deadline_bucket: int | None = None  # where ``deadlines`` keeps it
         self.counted = False  # in the server's running_calls
 
     # -- Requests --------------------------------------------------------------------------
@@ -302,8 +311,12 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.preface_seen = False
-        self.decoder = hpack.Decoder()
-        self.decoder.max_header_list_size = limits.API_H2_MAX_HEADER_LIST_BYTES
+        self.decoder = HpackDecoder(
+            _request_head,
+            limits.API_H2_MAX_HEADER_LIST_BYTES,
+            limits.API_H2_MAX_CACHED_HEADER_BLOCKS,
+            limits.API_H2_MAX_CACHED_HEADER_BLOCK_BYTES,
+        )
         self.calls: dict[int, _Call] = {}
         self.last_stream_id = 0
         self.headers_in_progress: tuple[int, int, bytearray] | None = None  # id, flags, block
@@ -441,7 +454,7 @@ class _Connection(asyncio.Protocol):
 
     def _on_header_block(self, stream_id: int, flags: int, block: bytes) -> None:
         # Decoded even for a stream about to be refused: the HPACK table is shared.
-        headers = self.decoder.decode(block, raw=True)
+        head = self.decoder.decode(block)
         existing = self.calls.get(stream_id)
         if existing is not None:  # the client's trailers: only END_STREAM matters
             if flags & Flag.END_STREAM:
@@ -455,40 +468,22 @@ class _Connection(asyncio.Protocol):
             return
         call = _Call(self, stream_id, self.peer_initial_window_bytes)
         self.calls[stream_id] = call
-        if self._take_headers(call, headers):
+        if self._take_headers(call, head):
             self._begin(call)
         if flags & Flag.END_STREAM:
             self._on_half_close(call)
 
-    def _take_headers(self, call: _Call, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    def _take_headers(self, call: _Call, head: _RequestHead) -> bool:
         """Reads the request headers; False when the call was answered already."""
-        metadata: list[tuple[str, str | bytes]] = []
-        content_type = b""
-        for name, value in headers:
-            if name == b":path":
-                call.path = value.decode("utf-8", "replace")
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"grpc-timeout":
-                self._set_deadline(call, value)
-            elif name.endswith(b"-bin"):
-                metadata.append((name.decode("latin-1"), _base64(value)))
-            elif not name.startswith(b":"):
-                metadata.append((name.decode("latin-1"), value.decode("latin-1")))
-        call.metadata = tuple(metadata)
-        if not content_type.startswith(b"application/grpc"):
+        call.path = head.path
+        call.metadata = head.metadata
+        if not head.is_grpc:
             self._answer_http(call, 415)
             return False
+        if head.timeout_s is not None:
+            now_s = asyncio.get_running_loop().time()
+            self.server.deadlines.add(call, now_s + head.timeout_s)
         return True
-
-    def _set_deadline(self, call: _Call, value: bytes) -> None:
-        try:
-            timeout_s = parse_timeout_s(value)
-        except ValueError:
-            return  # grpc-go ignores a malformed timeout too
-        call.deadline_s = time.monotonic() + timeout_s
-        loop = asyncio.get_running_loop()
-        call.deadline = loop.call_later(timeout_s, self._deadline_passed, call)
 
     def _on_data(self, stream_id: int, flags: int, payload: bytes) -> None:
         self.received_unacked_bytes += len(payload)
@@ -684,9 +679,7 @@ class _Connection(asyncio.Protocol):
         if call.closed:
             return
         call.closed = True
-        if call.deadline is not None:
-            call.deadline.cancel()
-            call.deadline = None
+        self.server.deadlines.remove(call)
         if call.counted:
             call.counted = False
             self.server.running_calls -= 1
@@ -700,11 +693,6 @@ class _Connection(asyncio.Protocol):
         if self.going_away and not self.calls:
             self.flush_soon()
             asyncio.get_running_loop().call_soon(self._close_transport)
-
-    def _deadline_passed(self, call: _Call) -> None:
-        call.deadline = None
-        if not call.closed:
-            self._end_early(call, grpc.StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded")
 
     def _end_early(self, call: _Call, code: grpc.StatusCode, details: str) -> None:
         """Stops the handler and ends the call with ``code``, dropping unsent data."""
@@ -761,6 +749,44 @@ class _Connection(asyncio.Protocol):
             self._cancel(call)
         if self.transport is not None:
             self.transport.abort()
+
+
+def _deadline_passed(call: _Call) -> None:
+    if not call.closed:
+        call.connection._end_early(
+            call, grpc.StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestHead:
+    """What a request's header block says, as the decoder remembers it per block."""
+
+    path: str
+    metadata: tuple[tuple[str, str | bytes], ...]
+    is_grpc: bool  # content-type application/grpc (else HTTP 415)
+    timeout_s: float | None  # grpc-timeout, if given and well-formed
+
+
+def _request_head(headers: list[Header]) -> _RequestHead:
+    path = ""
+    metadata: list[tuple[str, str | bytes]] = []
+    content_type = b""
+    timeout_s = None
+    for name, value in headers:
+        if name == b":path":
+            path = value.decode("utf-8", "replace")
+        elif name == b"content-type":
+            content_type = value
+        elif name == b"grpc-timeout":
+            with contextlib.suppress(ValueError):  # grpc-go ignores a malformed one too
+                timeout_s = parse_timeout_s(value)
+        elif name.endswith(b"-bin"):
+            metadata.append((name.decode("latin-1"), _base64(value)))
+        elif not name.startswith(b":"):
+            metadata.append((name.decode("latin-1"), value.decode("latin-1")))
+    is_grpc = content_type.startswith(b"application/grpc")
+    return _RequestHead(path, tuple(metadata), is_grpc, timeout_s)
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
