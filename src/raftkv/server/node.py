@@ -74,6 +74,7 @@ from raftkv.server.requests import (
     decode,
     encode,
 )
+from raftkv.server.timeouts import FifoTimeouts
 from raftkv.server.transport import Transport, parse_peer_url
 from raftkv.storage.alarm import AlarmStore, AlarmType, QuotaGuard
 from raftkv.storage.backend import Backend
@@ -132,6 +133,7 @@ class Node:
         self._request_prefix = self.rng.getrandbits(31) << 32
         self._request_counter = 0
         self._pending: dict[int, asyncio.Future[Result]] = {}
+        self._timeouts = FifoTimeouts()  # proposals' and reads' request_timeout_s
         self._proposal_queue: list[bytes] = []
         self._read_batches: list[_ReadBatch] = []
         self._next_read_batch: _ReadBatch | None = None
@@ -483,9 +485,10 @@ class Node:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         self._proposal_queue.append(data)
+        self._timeouts.add(future, self.request_timeout_s)
         self._wake.set()
         try:
-            return await asyncio.wait_for(future, self.request_timeout_s)
+            return await future
         except TimeoutError:
             # Once proposed, a write may still be applied: never claim it was not (a
             # client retries "no leader" answers, which would apply it twice).
@@ -523,9 +526,10 @@ class Node:
             self._next_read_batch = _ReadBatch(context)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._next_read_batch.waiters.append(waiter)
+        self._timeouts.add(waiter, self.request_timeout_s)
         self._wake.set()
         try:
-            await asyncio.wait_for(waiter, self.request_timeout_s)
+            await waiter
         except TimeoutError:
             raise self._timeout_error() from None
 
@@ -1254,6 +1258,7 @@ class Node:
                     self.rawnode.tick()
                     self._lease_duties()
                     self._retry_stale_reads()
+                    self._timeouts.expire()
                     self.backend.commit_if_due()  # an idle member's last batches
                 self._wake.set()
         except asyncio.CancelledError:
