@@ -417,6 +417,14 @@ SNAPSHOT_CATCHUP_ENTRIES = 5000
 
 assert SERVER_MAX_PROPOSALS_PER_BATCH <= RAFT_MAX_ENTRIES_PER_PROPOSAL
 
+# Python's cycle collector in `raftkv serve` (server/main.py; a member run as a library
+# leaves the host's settings alone). With the default (700, 10, 10) a loaded member
+# collected about 100 times a second, and its full collections, which walk the whole key
+# index, took 60-90 ms each: 15-20% of its CPU (docs/performance.md, change 11). Reference
+# counting frees nearly all garbage at once; the collector is for cycles only, so it runs
+# every this many net new container objects (its older generations in proportion).
+SERVER_GC_THRESHOLDS = (20_000, 10, 10)
+
 # --- Linearizability checker (check/linearizability.py) ---------------------------
 
 # (linearized-ops, state) pairs the check may visit in one partition; beyond it the

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import signal
 from typing import TYPE_CHECKING, Protocol
 
+from raftkv import limits
 from raftkv.server import metrics, tls
 from raftkv.server.config import ServerConfig, is_tls_url, url_address
 from raftkv.server.logs import configure_logging
@@ -49,6 +51,7 @@ def serve(config: ServerConfig) -> int:
     configure_logging(level, config.log_format, config.log_outputs)
     if config.metrics == "extensive":
         metrics.enable_grpc_handling_histogram()
+    gc.set_threshold(*limits.SERVER_GC_THRESHOLDS)
     try:
         import uvloop
     except ImportError:
@@ -178,6 +181,10 @@ async def _serve(config: ServerConfig) -> int:
         await node.stop()
         await node.wait_stopped()
         return EXIT_FATAL
+    # What startup made (the modules, the key index of a restart) is mostly there for
+    # good: the cycle collector need not walk it again. Whatever of it becomes garbage is
+    # still freed by reference counting (the index holds no cycles).
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
