@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from raftkv.storage.backend import DB_KEY
 from raftkv.storage.errors import NoSpaceError
 from raftkv.storage.mvcc import (
     DeleteRangeRequest,
@@ -64,3 +65,28 @@ def test_apply_path_does_not_check_the_quota(tmp_path: Path) -> None:
     kv = KV(open_backend(str(tmp_path / "b")), quota_bytes=1)
     assert kv.put(b"a").revision == 2
     kv.backend.close()
+
+
+@pytest.mark.parametrize("batch_commits", [False, True])
+def test_the_size_in_use_follows_commits_and_defragmentation(
+    tmp_path: Path, batch_commits: bool
+) -> None:
+    # The size is remembered between commits (it is asked before every proposal): a
+    # commit, batched or not, and a defragmentation must each be seen.
+    backend = open_backend(str(tmp_path / "b"), batch_commits=batch_commits)
+    empty = backend.size_in_use_bytes()
+    for round_ in range(4):
+        with backend.write() as batch:
+            for n in range(200):
+                batch.put(DB_KEY, f"{round_}-{n}".encode(), b"v" * 1024)
+        backend.size_in_use_bytes()  # asked between batches, as before a proposal
+    backend.commit_pending()
+    grown = backend.size_in_use_bytes()
+    assert grown >= empty + 800 * 1024
+    with backend.write() as batch:
+        for round_ in range(4):
+            for n in range(200):
+                assert batch.delete(DB_KEY, f"{round_}-{n}".encode())
+    backend.defragment()
+    assert backend.size_in_use_bytes() < grown - 400 * 1024
+    backend.close()

@@ -148,6 +148,9 @@ class Backend:
         self._pending_since_s = 0.0
         self._pending_thread = 0
         self._writing: lmdb.Transaction | None = None  # the batch being written (batching)
+        # size_in_use_bytes as of the last commit: it is asked before every proposal (the
+        # quota), and LMDB's info and stat calls were 2% of a loaded member's samples.
+        self._size_in_use_bytes: int | None = None
         os.makedirs(directory, exist_ok=True)
         self.env = self._open()
 
@@ -197,6 +200,7 @@ class Backend:
             raise
         finally:
             self._writing = None
+            self._size_in_use_bytes = None
         assert batch is not None
         if self._pending is not None:
             self._pending_batches += 1
@@ -237,6 +241,7 @@ class Backend:
         assert self._writing is None, "commit_pending inside a write batch"
         self._check_thread()
         pending, self._pending = self._pending, None
+        self._size_in_use_bytes = None
         started_s = time.perf_counter()
         try:
             pending.commit()
@@ -273,8 +278,10 @@ class Backend:
 
     def size_in_use_bytes(self) -> int:
         """Bytes of pages in use (etcd's dbSizeInUse)."""
-        info = self.env.info()
-        return int((info["last_pgno"] + 1) * self.env.stat()["psize"])
+        if self._size_in_use_bytes is None:
+            info = self.env.info()
+            self._size_in_use_bytes = int((info["last_pgno"] + 1) * self.env.stat()["psize"])
+        return self._size_in_use_bytes
 
     def defragment(self) -> None:
         """Rewrite the database compactly, reclaiming free pages."""
@@ -296,6 +303,7 @@ class Backend:
             os.close(directory_fd)
         shutil.rmtree(compact_dir, ignore_errors=True)
         self.env = self._open()
+        self._size_in_use_bytes = None
 
     def flush(self) -> None:
         """Make every committed batch durable (a backend opened with sync=False
