@@ -361,8 +361,9 @@ API_H2_MAX_PENDING_BYTES_PER_CALL = 4 * MIB
 # How often a stopping server checks whether its connections have ended.
 API_H2_STOP_POLL_S = 0.01
 # Header blocks a connection's decoder remembers (while its HPACK table is unchanged) with
-# the request head parsed from them, and the largest block it remembers: a repeating
-# client's blocks are tens of bytes, so this holds at most 64 KiB per connection.
+# the request head parsed from them (when full, it forgets them all and starts again), and
+# the largest block it remembers: a repeating client's blocks are tens of bytes, so this
+# holds at most 64 KiB per connection.
 API_H2_MAX_CACHED_HEADER_BLOCKS = 64
 API_H2_MAX_CACHED_HEADER_BLOCK_BYTES = 1 * KIB
 # Calls' grpc-timeout deadlines share one timer, in buckets this wide (a deadline fires at

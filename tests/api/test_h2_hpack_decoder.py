@@ -80,18 +80,23 @@ def test_a_repeated_block_is_parsed_once_until_the_table_changes() -> None:
     assert len(parsed) == 6  # the table changed, so the cache was dropped
 
 
-def test_the_cache_is_bounded() -> None:
+def test_the_cache_is_bounded_and_keeps_remembering() -> None:
     parsed: list[list[Header]] = []
 
     def parse(headers: list[Header]) -> list[Header]:
         parsed.append(headers)
         return headers
 
-    ours = decoder(parse, cached_blocks=2)
-    for _ in range(2):
-        for index in (2, 3, 4):
-            ours.decode(bytes([0x80 | index]))
-    assert len(parsed) == 4  # two remembered, the third parsed each time
+    ours = decoder(parse, cached_blocks=4)
+    # Blocks that never come back, as from a client whose every timeout differs...
+    for timeout in range(100):
+        ours.decode(b"\x0f\x0d" + bytes([5]) + f"{timeout:04d}m".encode()[:5])
+        assert ours.cached_blocks <= 4
+    # ...do not stop a block that does come back from being remembered.
+    parsed.clear()
+    for _ in range(5):
+        ours.decode(bytes([0x80 | 4]))
+    assert len(parsed) == 1
 
 
 @pytest.mark.parametrize(

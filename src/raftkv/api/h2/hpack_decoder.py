@@ -58,6 +58,10 @@ class HpackDecoder(Generic[Parsed]):
         self._cache: dict[bytes, Parsed] = {}
 
     @property
+    def cached_blocks(self) -> int:
+        return len(self._cache)
+
+    @property
     def table(self) -> tuple[Header, ...]:
         """The dynamic table, newest entry first (for tests)."""
         return tuple(self._table)
@@ -70,10 +74,11 @@ class HpackDecoder(Generic[Parsed]):
         parsed = self._parse(headers)
         if table_changed:
             self._cache.clear()  # an index in a remembered block may mean another field now
-        elif (
-            len(block) <= self._max_cached_block_bytes
-            and len(self._cache) < self._max_cached_blocks
-        ):
+        elif len(block) <= self._max_cached_block_bytes:
+            if len(self._cache) >= self._max_cached_blocks:
+                # Full of blocks that did not come back (a client whose timeouts all
+                # differ, say): start again rather than never remember another.
+                self._cache.clear()
             self._cache[block] = parsed
         return parsed
 
