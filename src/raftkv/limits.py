@@ -345,7 +345,7 @@ WATCH_RESPONSE_MAX_BYTES = 1 * MIB
 # hub makes one event per change for all its watchers, and the API converts it once.
 WATCH_EVENT_CACHE_ENTRIES = 4096
 
-# The experimental HTTP/2 front end (api/h2/). Streams open at once on one connection
+# The HTTP/2 front end (api/h2/, the default). Streams open at once on one connection
 # (beyond it a new stream is refused with REFUSED_STREAM); the receive windows it grants
 # per stream and per connection (so a client may have this much in flight unread); the
 # largest frame it accepts (HTTP/2's default, never raised in its SETTINGS) and the largest

@@ -18,7 +18,7 @@ class ApiOptions:
     # etcd's --watch-progress-notify-interval (10 minutes); etcd adds up to 10 % jitter.
     watch_progress_notify_interval_s: float = 600.0
     # The gRPC front end: "h2", raftkv's own HTTP/2 server (api/h2/), or "grpcio", grpcio's
-    # asyncio server (--experimental-grpc-frontend).
+    # asyncio server (--grpc-frontend).
     grpc_frontend: str = "h2"
 
     def __post_init__(self) -> None:
