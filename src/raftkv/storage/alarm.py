@@ -131,9 +131,9 @@ class AlarmStore:
         return sorted(member for member in self._active if member.alarm == alarm)
 
     def is_active(self, alarm: AlarmType) -> bool:
-        """Whether any member has raised this alarm (asked for every write applied)."""
+        """Whether any member has raised this alarm."""
         assert alarm != AlarmType.NONE
-        return bool(self._active) and any(member.alarm == alarm for member in self._active)
+        return any(member.alarm == alarm for member in self._active)
 
 
 class RequestKind(enum.Enum):
