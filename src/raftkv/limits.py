@@ -396,6 +396,16 @@ SERVER_MAX_PENDING_READS = 64 * KIB
 SERVER_TIMEOUT_QUEUE_COMPACT_LENGTH = 1 * KIB
 # Queued proposals handed to Raft in one propose_batch call.
 SERVER_MAX_PROPOSALS_PER_BATCH = 1024
+# A Ready of at most this many entries, and as many to apply, syncs the WAL on the loop
+# thread; a larger one syncs in the WAL thread while the loop goes on (server/node.py).
+SERVER_INLINE_SYNC_MAX_ENTRIES = 1
+# ... unless the last sync took longer than this: a slow disk then stalls writes, not the
+# member's whole loop (health, metrics, serializable reads).
+SERVER_INLINE_SYNC_MAX_MS = 5
+# A leader holds a commit notice (an empty MsgApp) this long, unless a later MsgApp to the
+# same follower carries its commit index first (server/commit_notices.py): the most a
+# follower learns of a commit later than it would otherwise.
+SERVER_COMMIT_NOTICE_HOLD_MS = 2
 # Learners a cluster may have at once (etcd's default --max-learners).
 SERVER_MAX_LEARNERS = 1
 # How often the member publishes attributes, syncs lagging watchers and checks compaction.

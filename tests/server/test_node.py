@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -411,3 +412,77 @@ def test_a_starting_member_advances_its_election_clock_once_peers_connect(
             await _stop_all(nodes)
 
     assert asyncio.run(scenario()) == [advance] * 3
+
+
+def _check_applies_are_durable(node: Node, violations: list[str]) -> None:
+    """Record, on ``node``, any entry applied before its own WAL had synced it."""
+    persistence = node.persistence
+    state = {"saved": persistence.storage.last_index(), "durable": persistence.storage.last_index()}
+    save, sync, apply = persistence.save, persistence.sync, node._apply
+
+    def save_and_note(ready: Any) -> None:
+        save(ready)
+        if ready.entries:
+            state["saved"] = ready.entries[-1].index
+
+    def sync_and_note() -> None:  # runs in the sync thread; saves wait behind the raft lock
+        saved = state["saved"]
+        sync()
+        state["durable"] = max(state["durable"], saved)
+
+    def apply_and_check(entries: list[Any]) -> None:
+        if entries and entries[-1].index > state["durable"]:
+            violations.append(f"applied {entries[-1].index}, synced to {state['durable']}")
+        apply(entries)
+
+    persistence.save = save_and_note  # type: ignore[method-assign]
+    persistence.sync = sync_and_note  # type: ignore[method-assign]
+    node._apply = apply_and_check  # type: ignore[method-assign]
+
+
+@run
+async def test_a_member_applies_only_entries_its_own_wal_has_synced(tmp_path: Path) -> None:
+    # Committed entries are applied while the WAL syncs the Ready that brings them only if
+    # an earlier Ready made them durable here. A follower that was cut off gets entries
+    # that are already committed, in the Ready that appends them: those must wait.
+    nodes = await _start(tmp_path, 3, unsafe_no_fsync=False)
+    violations: list[str] = []
+    for node in nodes:
+        _check_applies_are_durable(node, violations)
+    try:
+        leader = _leader(nodes)
+        cut_off = next(node for node in nodes if node is not leader)
+        step = cut_off.rawnode.step
+        cut_off.rawnode.step = lambda message: None  # type: ignore[method-assign]
+        await asyncio.gather(*[leader.propose(PutRequest(b"k%d" % i, b"v")) for i in range(30)])
+        caught_up_before = cut_off.kv.current_revision
+        cut_off.rawnode.step = step  # type: ignore[method-assign]
+        for i in range(30, 60):
+            await leader.propose(PutRequest(b"k%d" % i, b"v"))
+        await _until(lambda: all(node.kv.current_revision == 61 for node in nodes))
+        assert caught_up_before == 1, "the cut-off member applied nothing meanwhile"
+        assert violations == []
+    finally:
+        await _stop_all(nodes)
+
+
+@run
+async def test_followers_apply_a_lone_write_long_before_the_next_heartbeat(tmp_path: Path) -> None:
+    # The leader holds its commit notices for SERVER_COMMIT_NOTICE_HOLD_MS, for the next
+    # append to carry; with no next append it must still send them then, not leave the
+    # followers to learn the commit from a heartbeat (here a second away).
+    nodes = await _start(tmp_path, 3, heartbeat_interval_ms=1000, election_timeout_ms=10_000)
+    try:
+        leader = _leader(nodes)
+        followers = [node for node in nodes if node is not leader]
+        for round_number in range(4):
+            await asyncio.sleep(0.3)  # away from the last heartbeat's commit
+            await leader.propose(PutRequest(b"k%d" % round_number, b"v"))
+            revision = leader.kv.current_revision
+            started_s = time.monotonic()
+            await _until(
+                lambda: all(f.kv.current_revision == revision for f in followers), timeout_s=5
+            )
+            assert time.monotonic() - started_s < 0.25
+    finally:
+        await _stop_all(nodes)

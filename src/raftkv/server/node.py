@@ -17,6 +17,7 @@ Everything here runs on one event loop; the core is never touched from another t
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import math
@@ -51,6 +52,7 @@ from raftkv.server.apply import Applier, Response, Result, conf_change_context
 from raftkv.server.auth.context import request_auth
 from raftkv.server.auth.store import AuthStore
 from raftkv.server.auth.tokens import SimpleTokens
+from raftkv.server.commit_notices import CommitNoticeHold
 from raftkv.server.config import ServerConfig, is_tls_url
 from raftkv.server.identity import (
     MemberIdentity,
@@ -76,6 +78,7 @@ from raftkv.server.requests import (
 )
 from raftkv.server.timeouts import FifoTimeouts
 from raftkv.server.transport import Transport, parse_peer_url
+from raftkv.server.wal_sync import WalSyncThread
 from raftkv.storage.alarm import AlarmStore, AlarmType, QuotaGuard
 from raftkv.storage.backend import Backend
 from raftkv.storage.disk import OsDisk
@@ -153,7 +156,11 @@ class Node:
         self._raft_lock = asyncio.Lock()
         self._inbox: list[Message] = []
         self._unreachable: set[int] = set()
-        self._sync_done: asyncio.Future[None] | None = None
+        self._wal_sync: WalSyncThread | None = None  # started with the storage
+        self._last_sync_s = 0.0
+        self._commit_notices = CommitNoticeHold(
+            self._send_held_notices, limits.SERVER_COMMIT_NOTICE_HOLD_MS / 1000
+        )
         self._known_leader_id = 0  # for leader-change metrics and the "lost leader" warning
         # Tokens outlive a snapshot install (the auth store is rebuilt, the tokens stay).
         self.auth_tokens = SimpleTokens(config.auth_token_ttl_s)
@@ -174,6 +181,7 @@ class Node:
             self.persistence = self._bootstrap_new_cluster(disk)
         else:
             self.persistence = RaftPersistence.create_empty(disk, self.member_dir)
+        self._wal_sync = WalSyncThread(self._sync_wal)
         self._open_state_machine()
         # A joining member knows the cluster id from its peers before any snapshot.
         known_cluster_id = self._identity.cluster_id if self._identity is not None else 0
@@ -357,6 +365,7 @@ class Node:
             await self._stopped.wait()
             return
         self._stopping = True
+        self._commit_notices.close()
         metrics.unbind_member(self._metrics_sample)
         try:
             for task in self._tasks:
@@ -364,9 +373,9 @@ class Node:
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            if self._sync_done is not None:  # the WAL is closed only after its last fsync
-                with contextlib.suppress(Exception):
-                    await self._sync_done
+            if self._wal_sync is not None:  # the WAL is closed only after its last fsync
+                await asyncio.get_running_loop().run_in_executor(None, self._wal_sync.wait_idle)
+                self._wal_sync.close()
             await self.transport.stop()
             self._fail_everything(errors.StoppedError())
             self._close_storage()
@@ -977,34 +986,66 @@ class Node:
             self._on_soft_state(ready)
         self._send(ready.messages)
         self.persistence.save(ready)
-        if ready.must_sync and not self.config.unsafe_no_fsync:
-            await self._sync_off_loop()
+        to_apply = ready.committed_entries
+        must_sync = ready.must_sync and not self.config.unsafe_no_fsync
+        if must_sync and self._sync_on_loop(ready):
+            self._sync_wal()
+        elif must_sync:
+            assert self._wal_sync is not None, "storage is open"
+            synced = self._wal_sync.sync()
+            to_apply = self._apply_durable(ready)  # while the thread syncs
+            await synced
         self.persistence.apply_to_memory(ready)
         self._send(ready.persisted_messages)
         if ready.snapshot is not None:
             self._install_snapshot(ready.snapshot)
-        if ready.committed_entries:
-            self._apply(ready.committed_entries)
+        if to_apply:
+            self._apply(to_apply)
             self.backend.commit_if_due()
         self.rawnode.advance(ready)
         self._on_read_states(ready)
         self._maybe_snapshot()
 
-    async def _sync_off_loop(self) -> None:
-        """fdatasync in a thread (it releases the GIL): meanwhile the loop reads requests
-        and peer messages, which makes the next Ready's batch. Nothing else touches the WAL
-        until it is done: the core waits behind the raft lock, and stop() waits for it."""
-        loop = asyncio.get_running_loop()
-        self._sync_done = loop.run_in_executor(None, self._sync_wal)
-        try:
-            await asyncio.shield(self._sync_done)
-        finally:
-            if self._sync_done.done():
-                self._sync_done = None
+    def _apply_durable(self, ready: Ready) -> list[Entry]:
+        """Apply the committed entries that earlier Readies made durable here, while this
+        Ready's fdatasync runs in its thread (it releases the GIL); the rest of them, which
+        are in this Ready's own entries, are returned to apply once it is done. So the
+        backend never holds an entry that this member's WAL could lose, and a leader's
+        answers to the last batch go out during the next batch's sync, as etcd's do.
+
+        Meanwhile the loop also reads requests and peer messages, which makes the next
+        Ready's batch. Nothing else touches the WAL until the sync is done: the core waits
+        behind the raft lock, and stop() waits for the sync thread."""
+        committed = ready.committed_entries
+        if not committed or ready.snapshot is not None:
+            return committed  # a snapshot is installed first, after the sync
+        first_new = ready.entries[0].index if ready.entries else committed[-1].index + 1
+        durable = bisect.bisect_left(committed, first_new, key=_entry_index)
+        if durable:
+            self._apply(committed[:durable])
+        return committed[durable:]
+
+    def _sync_on_loop(self, ready: Ready) -> bool:
+        """Whether this Ready's WAL sync runs on the loop thread, which waits for it.
+
+        Handing a sync to the thread and back costs two wake-ups, 50-130 µs each on a busy
+        2-core machine, which pays only when the loop has work to do meanwhile. A Ready of
+        one entry and at most one to apply is what a single client's write makes, on the
+        leader and on the followers (docs/performance.md, change 12); under load Readies
+        carry batches. A slow disk must not stall the whole member, though (its health,
+        metrics and serializable reads): after a slow sync the next go to the thread."""
+        limit = limits.SERVER_INLINE_SYNC_MAX_ENTRIES
+        return (
+            len(ready.entries) <= limit
+            and len(ready.committed_entries) <= limit
+            and self._last_sync_s <= limits.SERVER_INLINE_SYNC_MAX_MS / 1000
+        )
 
     def _sync_wal(self) -> None:
-        """The WAL fdatasync (in a thread), measured; etcd warns when one takes over 1 s."""
+        """The WAL fdatasync, measured; etcd warns when one takes over 1 s. Runs on the
+        loop thread or the WAL thread (``_sync_on_loop``), never on both at once."""
         took_s = metrics.timed(metrics.WAL_FSYNC_SECONDS.observe, self.persistence.sync)
+        self._last_sync_s = took_s
         if took_s > limits.WAL_SLOW_FSYNC_WARN_S:
             expected = logs.duration_text(limits.WAL_SLOW_FSYNC_WARN_S)
             took = logs.duration_text(took_s)
@@ -1045,13 +1086,17 @@ class Node:
 
     def _send(self, messages: list[Message]) -> None:
         regular: list[Message] = []
-        for message in messages:
+        for message in self._commit_notices.filter(messages):
             if message.type is MessageType.SNAP:
                 self._send_snapshot(message)
             else:
                 regular.append(message)
         if regular:
             self.transport.send(regular)
+
+    def _send_held_notices(self, messages: list[Message]) -> None:
+        if not self._stopping:
+            self.transport.send(messages)
 
     def _send_snapshot(self, message: Message) -> None:
         """The core's snapshot carries only metadata; the state is this member's backend,
@@ -1338,6 +1383,10 @@ class AutoCompactor:
         while self._samples and now_s - self._samples[0][0] >= window:
             target = self._samples.pop(0)[1]
         return target
+
+
+def _entry_index(entry: Entry) -> int:
+    return entry.index
 
 
 def _is_learner(store: MemberStore, member_id: int) -> bool:
