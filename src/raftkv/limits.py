@@ -202,8 +202,6 @@ PEER_MAX_PENDING_REQUESTS = 256
 # Accepted connections at once, and incoming snapshots at once.
 PEER_MAX_INBOUND_CONNECTIONS = 256
 PEER_MAX_INBOUND_SNAPSHOTS = 2
-# The receive loop yields to the event loop after this many buffered frames.
-PEER_RECEIVE_YIELD_EVERY_FRAMES = 64
 # A connection's reader buffers up to about twice this before it stops reading the socket.
 PEER_READ_BUFFER_BYTES = 1 * MIB
 # The error text a failed peer request sends back is cut to this.

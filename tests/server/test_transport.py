@@ -36,6 +36,7 @@ from raftkv.server.transport import (
     MAGIC,
     ConnectionKind,
     FrameKind,
+    PeerProtocolError,
     PeerRequestFailedError,
     PeerUnavailableError,
     Transport,
@@ -741,3 +742,73 @@ def test_frames_round_trip_through_read_frame() -> None:
             await read_frame(reader)
 
     run(body)
+
+
+class _FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _receiver() -> tuple[Any, list[Message], _FakeTransport]:
+    delivered: list[Message] = []
+    receiver = transport_module._StreamReceiver(delivered.append, lambda amount: None)
+    fake = _FakeTransport()
+    receiver.connection_made(fake)
+    return receiver, delivered, fake
+
+
+def test_the_stream_receiver_reassembles_frames_however_the_bytes_are_split() -> None:
+    async def scenario() -> None:
+        messages = [
+            Message(MessageType.HEARTBEAT, to=2, frm=1, term=3),
+            Message(
+                MessageType.APP,
+                to=2,
+                frm=1,
+                term=3,
+                index=7,
+                commit=6,
+                entries=(Entry(3, 8, EntryType.NORMAL, b"x" * 300),),
+            ),
+            Message(MessageType.APP_RESP, to=2, frm=1, term=3, index=8),
+        ]
+        wire = b"".join(encode_frame(FrameKind.MESSAGE, encode_message(m)) for m in messages)
+        for cut in range(1, len(wire)):
+            receiver, delivered, fake = _receiver()
+            receiver.data_received(wire[:cut])
+            receiver.data_received(wire[cut:])
+            assert delivered == messages, cut
+            assert not fake.closed and not receiver.closed.done()
+        receiver, delivered, _ = _receiver()
+        for byte in wire:
+            receiver.data_received(bytes((byte,)))
+        assert delivered == messages
+        receiver.connection_lost(None)
+        assert receiver.closed.result() is None
+
+    asyncio.run(scenario())
+
+
+def test_the_stream_receiver_closes_the_connection_on_a_broken_frame() -> None:
+    good = encode_frame(FrameKind.MESSAGE, encode_message(Message(MessageType.HEARTBEAT, 2, 1)))
+    bad_checksum = good[:5] + bytes((good[5] ^ 1,)) + good[6:]
+    too_long = (limits.PEER_MAX_FRAME_BYTES + 1).to_bytes(4, "big") + good[4:]
+
+    async def scenario(wire: bytes, expected: str) -> None:
+        receiver, delivered, fake = _receiver()
+        receiver.data_received(good + wire + good)
+        assert delivered == [Message(MessageType.HEARTBEAT, 2, 1)]  # none after the bad one
+        assert fake.closed
+        with pytest.raises(PeerProtocolError, match=expected):
+            receiver.closed.result()
+        receiver.data_received(good)  # bytes still arriving are ignored
+        assert len(delivered) == 1
+
+    asyncio.run(scenario(bad_checksum, "checksum mismatch"))
+    asyncio.run(scenario(too_long, "exceeds the limit"))
+    snapshot_chunk = encode_frame(FrameKind.SNAPSHOT_CHUNK, b"data")
+    asyncio.run(scenario(snapshot_chunk, "unexpected SNAPSHOT_CHUNK frame"))

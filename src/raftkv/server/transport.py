@@ -245,6 +245,93 @@ def _flush_and_fsync(file: BinaryIO) -> None:
     os.fsync(file.fileno())
 
 
+def _unexpected_frame(kind: int) -> str:
+    try:
+        return f"unexpected {FrameKind(kind).name} frame on a message stream"
+    except ValueError:
+        return f"unknown frame kind {kind}"
+
+
+class _StreamReceiver(asyncio.Protocol):
+    """The receiving end of a STREAM connection once its handshake is done: MESSAGE frames
+    parsed as they arrive, each message handed to ``deliver`` at once. ``closed`` ends with
+    the connection: None when it just ended, the PeerProtocolError when a frame broke the
+    protocol (the connection is closed then). The buffer holds at most one frame beyond
+    what one read brings, and frames are at most PEER_MAX_FRAME_BYTES."""
+
+    def __init__(
+        self, deliver: Callable[[Message], None], count_bytes: Callable[[float], None]
+    ) -> None:
+        self._deliver = deliver
+        self._count_bytes = count_bytes
+        self._buffer = bytearray()
+        self._transport: asyncio.BaseTransport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed.done():
+            return  # a protocol error closed it; the rest is not read
+        buffer = self._buffer
+        buffer += data
+        try:
+            used = self._take_frames(buffer)
+        except PeerProtocolError as error:
+            buffer.clear()
+            self._end(error)
+            return
+        del buffer[:used]
+
+    def _take_frames(self, buffer: bytearray) -> int:
+        position = 0
+        header_size = _FRAME_HEADER.size
+        while len(buffer) - position >= header_size:
+            length, checksum, kind = _FRAME_HEADER.unpack_from(buffer, position)
+            if length > limits.PEER_MAX_FRAME_BYTES:
+                raise PeerProtocolError(
+                    f"frame length {length} exceeds the limit {limits.PEER_MAX_FRAME_BYTES}"
+                )
+            end = position + header_size + length
+            if len(buffer) < end:
+                break
+            payload = bytes(buffer[position + header_size : end])
+            position = end
+            if _checksum(kind, payload) != checksum:
+                raise PeerProtocolError(f"frame checksum mismatch (kind {kind}, {length} bytes)")
+            if kind != FrameKind.MESSAGE:
+                raise PeerProtocolError(_unexpected_frame(kind))
+            self._count_bytes(header_size + length)
+            msg = _decode(payload)
+            if msg.type is MessageType.SNAP:
+                raise PeerProtocolError("a SNAP message outside a snapshot connection")
+            self._deliver(msg)
+        return position
+
+    def eof_received(self) -> bool:
+        return False  # close the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(None)
+
+    def pause_writing(self) -> None:
+        pass  # the listener writes nothing after the handshake
+
+    def resume_writing(self) -> None:
+        pass
+
+    def _end(self, error: PeerProtocolError | None) -> None:
+        if self.closed.done():
+            return
+        if error is None:
+            self.closed.set_result(None)
+        else:
+            self.closed.set_exception(error)
+            if self._transport is not None:
+                self._transport.close()
+
+
 async def _wait_for_end_of_file(reader: asyncio.StreamReader) -> None:
     """Returns when the other end closes (or sends anything, which it must not)."""
     with contextlib.suppress(*_CONNECTION_ERRORS):
@@ -958,25 +1045,30 @@ class Transport:
     async def _serve_stream(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, member_id: int
     ) -> None:
+        """Receive a member's MESSAGE frames until the stream ends. After the handshake the
+        connection's protocol becomes a ``_StreamReceiver``, which parses frames and hands
+        their messages over in ``data_received`` itself: through the StreamReader, each
+        message cost a loop turn and a task step more before it reached the inbox, on both
+        the follower's append and the leader's acknowledgement of every write
+        (docs/performance.md, change 12)."""
+        if reader.at_eof() or writer.transport.is_closing():
+            return
         previous = self._inbound_streams.get(member_id)
         if previous is not None:
             previous.close()  # the member reconnected; its old stream is dead or dying
         self._inbound_streams[member_id] = writer
         received_bytes = metrics.PEER_RECEIVED_BYTES.labels(_hex(member_id))
+        receiver = _StreamReceiver(self._deliver, received_bytes.inc)
+        # The dialer waits for our handshake before it writes a frame, so the reader holds
+        # nothing more; whatever it does hold goes to the receiver first all the same.
+        early: bytearray = reader._buffer  # type: ignore[attr-defined]  # no public way
+        writer.transport.set_protocol(receiver)
+        receiver.connection_made(writer.transport)
         try:
-            frames = 0
-            while True:
-                kind, payload = await read_frame(reader)
-                received_bytes.inc(_FRAME_HEADER.size + len(payload))
-                if kind is not FrameKind.MESSAGE:
-                    raise PeerProtocolError(f"unexpected {kind.name} frame on a message stream")
-                msg = _decode(payload)
-                if msg.type is MessageType.SNAP:
-                    raise PeerProtocolError("a SNAP message outside a snapshot connection")
-                self._deliver(msg)
-                frames += 1
-                if frames % limits.PEER_RECEIVE_YIELD_EVERY_FRAMES == 0:
-                    await asyncio.sleep(0)  # buffered frames must not starve the loop
+            if early:
+                receiver.data_received(bytes(early))
+                early.clear()
+            await receiver.closed
         finally:
             if self._inbound_streams.get(member_id) is writer:
                 del self._inbound_streams[member_id]

@@ -604,7 +604,16 @@ class _Connection(asyncio.Protocol):
         else:
             self.finish(call, grpc.StatusCode.OK, "")
         finally:
+            self._flush_after_call()
+
+    def _flush_after_call(self) -> None:
+        """The last open call of a connection writes its end at once, a loop turn sooner:
+        with no other call open here, nothing could join that write (one client's calls
+        in a row). Otherwise the answers of this loop iteration share one write."""
+        if self.calls:
             self.flush_soon()
+        else:
+            self._flush()
 
     def queue_message(self, call: _Call, message: Any) -> None:
         if call.closed or call.trailers is not None:
