@@ -470,8 +470,9 @@ async def test_a_member_applies_only_entries_its_own_wal_has_synced(tmp_path: Pa
 async def test_followers_apply_a_lone_write_long_before_the_next_heartbeat(tmp_path: Path) -> None:
     # The leader holds its commit notices for SERVER_COMMIT_NOTICE_HOLD_MS, for the next
     # append to carry; with no next append it must still send them then, not leave the
-    # followers to learn the commit from a heartbeat (here a second away).
-    nodes = await _start(tmp_path, 3, heartbeat_interval_ms=1000, election_timeout_ms=10_000)
+    # followers to learn the commit from a heartbeat (here two seconds apart: without the
+    # notices a round passes only if a heartbeat falls within its bound, 1 in 5).
+    nodes = await _start(tmp_path, 3, heartbeat_interval_ms=2000, election_timeout_ms=20_000)
     try:
         leader = _leader(nodes)
         followers = [node for node in nodes if node is not leader]
@@ -480,9 +481,7 @@ async def test_followers_apply_a_lone_write_long_before_the_next_heartbeat(tmp_p
             await leader.propose(PutRequest(b"k%d" % round_number, b"v"))
             revision = leader.kv.current_revision
             started_s = time.monotonic()
-            await _until(
-                lambda: all(f.kv.current_revision == revision for f in followers), timeout_s=5
-            )
-            assert time.monotonic() - started_s < 0.25
+            await _until(lambda r=revision: all(f.kv.current_revision == r for f in followers))
+            assert time.monotonic() - started_s < 0.4
     finally:
         await _stop_all(nodes)

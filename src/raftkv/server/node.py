@@ -1023,6 +1023,7 @@ class Node:
         durable = bisect.bisect_left(committed, first_new, key=_entry_index)
         if durable:
             self._apply(committed[:durable])
+            self.backend.commit_if_due()
         return committed[durable:]
 
     def _sync_on_loop(self, ready: Ready) -> bool:
