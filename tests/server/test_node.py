@@ -470,14 +470,23 @@ async def test_a_member_applies_only_entries_its_own_wal_has_synced(tmp_path: Pa
 async def test_followers_apply_a_lone_write_long_before_the_next_heartbeat(tmp_path: Path) -> None:
     # The leader holds its commit notices for SERVER_COMMIT_NOTICE_HOLD_MS, for the next
     # append to carry; with no next append it must still send them then, not leave the
-    # followers to learn the commit from a heartbeat (here two seconds apart: without the
-    # notices a round passes only if a heartbeat falls within its bound, 1 in 5).
-    nodes = await _start(tmp_path, 3, heartbeat_interval_ms=2000, election_timeout_ms=20_000)
+    # followers to learn the commit from a heartbeat. Heartbeats here are 2 s apart, so
+    # without the notices at most one of the four rounds (1.2 s in all) could pass. The
+    # first election is called at once rather than waited for (the timeout is 20 s).
+    urls = _cluster_urls(3)
+    slow = {"heartbeat_interval_ms": 2000, "election_timeout_ms": 20_000}
+    nodes = [Node(_config(tmp_path, name, urls, **slow)) for name in urls]
+    for node in nodes:
+        await node.start()
     try:
+        async with nodes[0]._raft_lock:
+            nodes[0].rawnode.campaign()
+        nodes[0]._wake.set()
+        await _until(lambda: _leader_known(nodes))
         leader = _leader(nodes)
         followers = [node for node in nodes if node is not leader]
         for round_number in range(4):
-            await asyncio.sleep(0.3)  # away from the last heartbeat's commit
+            await asyncio.sleep(0.3)
             await leader.propose(PutRequest(b"k%d" % round_number, b"v"))
             revision = leader.kv.current_revision
             started_s = time.monotonic()
