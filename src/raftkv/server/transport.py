@@ -1060,14 +1060,18 @@ class Transport:
         received_bytes = metrics.PEER_RECEIVED_BYTES.labels(_hex(member_id))
         receiver = _StreamReceiver(self._deliver, received_bytes.inc)
         # The dialer waits for our handshake before it writes a frame, so the reader holds
-        # nothing more; whatever it does hold goes to the receiver first all the same.
-        early: bytearray = reader._buffer  # type: ignore[attr-defined]  # no public way
+        # nothing more; whatever it does hold (and its end, if that came too) goes to the
+        # receiver first all the same. StreamReader has no public way to hand these over.
+        early: bytearray = reader._buffer  # type: ignore[attr-defined]
+        ended: bool = reader._eof  # type: ignore[attr-defined]
         writer.transport.set_protocol(receiver)
         receiver.connection_made(writer.transport)
         try:
             if early:
                 receiver.data_received(bytes(early))
                 early.clear()
+            if ended:
+                writer.transport.close()  # the receiver's connection_lost ends the wait
             await receiver.closed
         finally:
             if self._inbound_streams.get(member_id) is writer:
