@@ -346,6 +346,26 @@ def test_tiny_time_budget_on_a_huge_adversarial_history_gives_unknown_quickly() 
     assert time.monotonic() - started < 2.0
 
 
+def test_shrinking_a_violation_stops_at_the_time_budget() -> None:
+    # 6,000 sequential ops on one key, then a read of a value nobody wrote: the violation
+    # is found at once, but no direct witness exists, so it is shrunk, one O(ops) attempt at
+    # a time; past the budget the shrinking keeps what it has (it took 23 s when it went on).
+    history: list[Operation] = []
+    latest: str | None = None
+    for op_id in range(1, 6001):
+        call = op_id * 10
+        if op_id % 2:
+            latest = f"v{op_id}"
+            history.append(op(op_id, call, call + 5, ("put", "k", latest)))
+        else:
+            history.append(op(op_id, call, call + 5, ("get", "k"), latest))
+    history.append(op(6001, 60010, 60015, ("get", "k"), "never"))
+    started = time.monotonic()
+    result = check(history, REGISTER, time_budget_s=0.5)
+    assert result.verdict is Verdict.VIOLATION
+    assert time.monotonic() - started < 5.0
+
+
 def test_state_cap_gives_unknown() -> None:
     result = check(_adversarial_history(30), REGISTER, max_states=1000)
     assert result.verdict is Verdict.UNKNOWN
@@ -731,3 +751,59 @@ def test_observed_by_from_tokens_matches_its_definition_on_every_pair(name: str)
                 assert model.observed_by(writer, reader) == expected, (writer, reader)
 
     run()
+
+
+def _torn_hints_by_definition(ops: Sequence[Operation]) -> list[str]:
+    """Torn-transaction hints as their definition reads: every multi-key writer against
+    every op (what the indexed version must agree with, hint for hint and in order)."""
+    from raftkv.check import models
+
+    hints = []
+    for writer in ops:
+        if writer.input[0] not in ("txn", "ctxn"):
+            continue
+        if writer.input[0] == "ctxn" and writer.known and writer.output is not True:
+            continue
+        writes = writer.input[2]
+        if len(writes) < 2:
+            continue
+        for reader in ops:
+            seen = dict(models._reads_of(reader))
+            keys = [key for key, _ in writes if key in seen]
+            hits = [key for key, value in writes if key in seen and seen[key] == value]
+            if len(keys) >= 2 and 0 < len(hits) < len(keys):
+                hints.append(f"{reader.op_id} {writer.op_id} {hits}")
+    return hints
+
+
+def test_torn_transaction_hints_match_their_definition_on_random_histories() -> None:
+    import random
+    import re
+
+    from raftkv.check import models
+
+    found = 0
+    for seed in range(300):
+        rng = random.Random(seed)
+        history: list[Operation] = []
+        values: dict[str, list[int]] = {key: [] for key in "abc"}
+        for op_id in range(rng.randint(1, 14)):
+            keys = rng.sample("abc", rng.randint(1, 3))
+            if rng.random() < 0.5:
+                writes = tuple((key, op_id * 10 + i) for i, key in enumerate(keys))
+                for key, value in writes:
+                    values[key].append(value)
+                kind = rng.choice(["txn", "ctxn"])
+                first = () if kind == "txn" else ((keys[0], rng.choice([None, 1])),)
+                output = {} if kind == "txn" else rng.choice([True, False])
+                history.append(op(op_id, op_id, op_id + 1, (kind, first, writes), output))
+            else:
+                seen = {key: rng.choice([None, *values[key]]) for key in keys}
+                history.append(op(op_id, op_id, op_id + 1, ("txn", tuple(keys), ()), seen))
+        indexed = [
+            " ".join(re.findall(r"op (\d+)", hint)[:2]) for hint in models._torn_txn_hints(history)
+        ]
+        expected = [" ".join(h.split()[:2]) for h in _torn_hints_by_definition(history)]
+        assert indexed == expected, seed
+        found += len(expected)
+    assert found > 50, "the histories must hold torn reads for the comparison to mean much"

@@ -63,6 +63,9 @@ class _Budget:
         if self.steps % limits.CHECK_CLOCK_EVERY_STEPS == 0 and time.monotonic() > self.deadline:
             raise _OutOfBudget("time budget exceeded")
 
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
     def visit(self) -> None:
         self.visited_states += 1
         if self.visited_states > self.max_states:
@@ -292,6 +295,8 @@ def _shrink(part: Sequence[Operation], model: Model, budget: _Budget) -> list[Op
     while True:
         start, dropped = 0, False
         while start < len(ops):
+            if budget.expired():
+                return ops  # each attempt would fail fast, but costs O(ops) to set up
             if droppable(start, start + chunk):
                 observations.remove(ops[start : start + chunk])
                 del ops[start : start + chunk]
