@@ -17,7 +17,6 @@ Everything here runs on one event loop; the core is never touched from another t
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
 import math
@@ -1001,7 +1000,6 @@ class Node:
             self._install_snapshot(ready.snapshot)
         if to_apply:
             self._apply(to_apply)
-            self.backend.commit_if_due()
         self.rawnode.advance(ready)
         self._on_read_states(ready)
         self._maybe_snapshot()
@@ -1019,11 +1017,11 @@ class Node:
         committed = ready.committed_entries
         if not committed or ready.snapshot is not None:
             return committed  # a snapshot is installed first, after the sync
+        # Committed entries are consecutive: those before this Ready's first are durable.
         first_new = ready.entries[0].index if ready.entries else committed[-1].index + 1
-        durable = bisect.bisect_left(committed, first_new, key=_entry_index)
+        durable = max(0, min(len(committed), first_new - committed[0].index))
         if durable:
             self._apply(committed[:durable])
-            self.backend.commit_if_due()
         return committed[durable:]
 
     def _sync_on_loop(self, ready: Ready) -> bool:
@@ -1197,6 +1195,7 @@ class Node:
         if promote and not self.lessor.is_primary:
             self.lessor.promote(self.now_tick)
         self._note_applied_revokes(entries)
+        self.backend.commit_if_due()
 
     def _check_apply_duration(self, took_s: float, entries: list[Entry]) -> None:
         """etcd's "apply request took too long": every request of a batch waits for the
@@ -1384,10 +1383,6 @@ class AutoCompactor:
         while self._samples and now_s - self._samples[0][0] >= window:
             target = self._samples.pop(0)[1]
         return target
-
-
-def _entry_index(entry: Entry) -> int:
-    return entry.index
 
 
 def _is_learner(store: MemberStore, member_id: int) -> bool:
