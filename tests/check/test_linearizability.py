@@ -338,6 +338,21 @@ def _adversarial_history(writers: int) -> list[Operation]:
     return history
 
 
+def _sequential_puts_and_gets(count: int) -> list[Operation]:
+    """Ops 1..count on one key, one after another: odd ones put "v<id>", even ones get the
+    latest value (a linearizable history)."""
+    history: list[Operation] = []
+    latest: str | None = None
+    for op_id in range(1, count + 1):
+        call = op_id * 10
+        if op_id % 2:
+            latest = f"v{op_id}"
+            history.append(op(op_id, call, call + 5, ("put", "k", latest)))
+        else:
+            history.append(op(op_id, call, call + 5, ("get", "k"), latest))
+    return history
+
+
 def test_tiny_time_budget_on_a_huge_adversarial_history_gives_unknown_quickly() -> None:
     started = time.monotonic()
     result = check(_adversarial_history(60), REGISTER, time_budget_s=0.2)
@@ -350,15 +365,7 @@ def test_shrinking_a_violation_stops_at_the_time_budget() -> None:
     # 6,000 sequential ops on one key, then a read of a value nobody wrote: the violation
     # is found at once, but no direct witness exists, so it is shrunk, one O(ops) attempt at
     # a time; past the budget the shrinking keeps what it has (it took 23 s when it went on).
-    history: list[Operation] = []
-    latest: str | None = None
-    for op_id in range(1, 6001):
-        call = op_id * 10
-        if op_id % 2:
-            latest = f"v{op_id}"
-            history.append(op(op_id, call, call + 5, ("put", "k", latest)))
-        else:
-            history.append(op(op_id, call, call + 5, ("get", "k"), latest))
+    history = _sequential_puts_and_gets(6000)
     history.append(op(6001, 60010, 60015, ("get", "k"), "never"))
     started = time.monotonic()
     result = check(history, REGISTER, time_budget_s=0.5)
@@ -636,15 +643,7 @@ def _assert_minimal_failing(result: CheckResult, model: Model) -> None:
 
 def test_a_stale_read_deep_in_a_long_history_gets_a_three_op_witness() -> None:
     # 3,000 sequential ops on one key; one read returns the value before the latest write.
-    history: list[Operation] = []
-    latest: str | None = None
-    for op_id in range(1, 3001):
-        call = op_id * 10
-        if op_id % 2:
-            latest = f"v{op_id}"
-            history.append(op(op_id, call, call + 5, ("put", "k", latest)))
-        else:
-            history.append(op(op_id, call, call + 5, ("get", "k"), latest))
+    history = _sequential_puts_and_gets(3000)
     stale = history[1501]  # a get; the put before it overwrote op 1499's value
     history[1501] = op(stale.op_id, stale.call_ns, stale.return_ns, ("get", "k"), "v1499")
     result = check(history, REGISTER, time_budget_s=60)
